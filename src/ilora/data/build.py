@@ -1,0 +1,153 @@
+"""Raw interaction logs -> the `data/<name>/` layout, following LLaRA's recipe.
+
+Recipe (LLaRA `movielens_data` preprocessing, see shared/data/llara/SCHEMA.md):
+1. optional rating filter (`rating >= min_rating`; LLaRA keeps rating > 2 for MovieLens);
+2. per user, interactions in time order. We sort **stably** (ties keep file order); LLaRA used pandas'
+   default quicksort, whose tie order depends on the numpy build, so tied timestamps may come out in a
+   different order than in LLaRA's files;
+3. one example per interaction: history = the previous <= window items, target = the interaction;
+4. users (in first-appearance order) are split 8:1:1 by a seeded permutation (int(0.8n) / int(0.1n) / rest);
+   train keeps every example of its users (the first one has an empty history), val/test keep only the last
+   example of each held-out user.
+Unlike LLaRA's reader we read `u.data` with `header=None`, so its first line is kept (LLaRA lost it as a header).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ilora.data.datasets import WINDOW, write_dataset
+from ilora.errors import DataError
+
+SPLIT_FRACTIONS = (0.8, 0.1)  # train, val; test gets the rest
+ML100K_SOURCE = "MovieLens-100K (GroupLens), built from raw u.data/u.item by ilora.data.build"
+ML100K_TERMS = (
+    "MovieLens-100K: research use only, no commercial use or redistribution without GroupLens permission; "
+    "cite Harper & Konstan 2015 (see data/NOTICE.md)"
+)
+
+
+def sequence_examples(interactions: pd.DataFrame, window: int = WINDOW) -> pd.DataFrame:
+    """One row per interaction: `user`, `history` (previous <= window items), `target` (+ ratings when present).
+
+    `interactions` must already be in per-user time order (users contiguous).
+    """
+    users = interactions["user"].to_numpy(np.int64)
+    items = interactions["item"].to_numpy(np.int64).tolist()
+    n = len(users)
+    new_user = np.ones(n, dtype=bool)
+    new_user[1:] = users[1:] != users[:-1]
+    start = np.maximum.accumulate(np.where(new_user, np.arange(n), 0))
+    begin = np.maximum(start, np.arange(n) - window).tolist()
+    ends = range(n)
+    out = {"user": users, "history": [items[a:b] for a, b in zip(begin, ends)], "target": np.asarray(items)}
+    if "rating" in interactions.columns:
+        ratings = interactions["rating"].to_numpy(np.int64)
+        listed = ratings.tolist()
+        out["history_ratings"] = [listed[a:b] for a, b in zip(begin, ends)]
+        out["target_rating"] = ratings
+    return pd.DataFrame(out)
+
+
+def split_users(users_in_order: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded 8:1:1 user split; each part keeps the users' first-appearance order."""
+    n = len(users_in_order)
+    n_train, n_val = int(SPLIT_FRACTIONS[0] * n), int(SPLIT_FRACTIONS[1] * n)
+    perm = np.random.default_rng(seed).permutation(n)
+    parts = (perm[:n_train], perm[n_train:n_train + n_val], perm[n_train + n_val:])
+    return tuple(users_in_order[np.sort(p)] for p in parts)
+
+
+def build_splits(interactions: pd.DataFrame, *, seed: int = 0, window: int = WINDOW) -> dict[str, pd.DataFrame]:
+    """interactions (`user`, `item`, `timestamp`, optional `rating`; items dense) -> {train, val, test} frames."""
+    order = pd.unique(interactions["user"])
+    rank = pd.Series(np.arange(len(order)), index=order)
+    frame = interactions.assign(_rank=rank.loc[interactions["user"]].to_numpy())
+    frame = frame.sort_values(["_rank", "timestamp"], kind="stable").drop(columns="_rank")
+    examples = sequence_examples(frame.reset_index(drop=True), window)
+    train_u, val_u, test_u = split_users(np.asarray(order), seed)
+    last = ~examples["user"].duplicated(keep="last")
+    return {
+        "train": examples[examples["user"].isin(train_u)].reset_index(drop=True),
+        "val": examples[last & examples["user"].isin(val_u)].reset_index(drop=True),
+        "test": examples[last & examples["user"].isin(test_u)].reset_index(drop=True),
+    }
+
+
+def _read_table(path: Path, fmt: str, kind: str) -> pd.DataFrame:
+    if not path.is_file():
+        raise DataError(f"{path}: {kind} file not found")
+    try:
+        if fmt == "ml100k" and kind == "interactions":
+            return pd.read_csv(path, sep="\t", header=None, names=["user", "item", "rating", "timestamp"])
+        if fmt == "ml100k":
+            frame = pd.read_csv(path, sep="|", header=None, encoding="latin-1", usecols=[0, 1])
+            return frame.set_axis(["item", "title"], axis=1)
+        return pd.read_csv(path)
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot parse {kind} as {fmt} ({e})") from e
+
+
+def _need(frame: pd.DataFrame, columns: tuple[str, ...], path: Path) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: missing columns {missing} (have {list(frame.columns)})")
+    for c in columns:
+        if frame[c].isna().any():
+            raise DataError(f"{path}: column {c!r} has {int(frame[c].isna().sum())} empty values")
+
+
+def build_dataset(
+    interactions_path: str | os.PathLike,
+    items_path: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    fmt: str = "ml100k",
+    min_rating: int | None = 3,
+    seed: int = 0,
+    name: str | None = None,
+    domain: str = "movie",
+) -> dict[str, int]:
+    """Build `out/` from raw logs; returns {split: rows}.
+
+    ml100k: `u.data` (tab, no header) + `u.item` (`|`, latin-1), item id = movie id - 1, titles as in u.item.
+    csv: interactions with header `user,item,timestamp[,rating]` and items `item,title`, item ids already
+    dense 0..n-1. Titles are used as given.
+    """
+    if fmt not in ("ml100k", "csv"):
+        raise DataError(f"--format must be ml100k or csv, got {fmt!r}")
+    inter_path, item_path = Path(interactions_path), Path(items_path)
+    inter = _read_table(inter_path, fmt, "interactions")
+    items = _read_table(item_path, fmt, "items")
+    _need(inter, ("user", "item", "timestamp"), inter_path)
+    _need(items, ("item", "title"), item_path)
+    if fmt == "ml100k":
+        inter["item"] = inter["item"] - 1
+        items["item"] = items["item"] - 1
+    if min_rating is not None and "rating" in inter.columns:
+        inter = inter[inter["rating"] >= min_rating]
+    items = items.sort_values("item")
+    num_items = len(items)
+    if not np.array_equal(items["item"].to_numpy(), np.arange(num_items)):
+        raise DataError(f"{item_path}: item ids must be dense 0..{num_items - 1} (ml100k: movie id - 1)")
+    bad = (inter["item"] < 0) | (inter["item"] >= num_items)
+    if bad.any():
+        raise DataError(f"{inter_path}: {int(bad.sum())} interactions with item ids missing from {item_path}")
+    if inter.empty:
+        raise DataError(f"{inter_path}: no interactions left after the rating filter (--min-rating {min_rating})")
+    splits = build_splits(inter.astype({"user": np.int64, "item": np.int64}), seed=seed)
+    notes = [
+        f"built from {inter_path.name} + {item_path.name} (format {fmt}), min_rating={min_rating}, seed={seed}",
+        "per-user stable time sort; user split int(0.8n)/int(0.1n)/rest; val/test = last interaction per user",
+    ]
+    is_ml = fmt == "ml100k"
+    write_dataset(
+        out, name=name or Path(out).name, domain=domain, titles=items["title"].astype(str).tolist(), splits=splits,
+        source=ML100K_SOURCE if is_ml else f"built from {inter_path.name}", terms=ML100K_TERMS if is_ml else "see source",
+        notes=notes,
+    )
+    return {k: len(v) for k, v in splits.items()}
