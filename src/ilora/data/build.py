@@ -78,6 +78,28 @@ def build_splits(interactions: pd.DataFrame, *, seed: int = 0, window: int = WIN
     }
 
 
+def llara_movie_title(raw: str) -> str:
+    """LLaRA's MovieLens title: drop the last 7 characters (" (1995)"), move ", The"/", A"/", An" to the front.
+
+    Exactly LLaRA's rule (quirks kept: item 1411 keeps "(19", an ", A" inside a title also moves), except that
+    surrounding whitespace is stripped and a title left empty keeps its raw text (item 266 "unknown").
+    """
+    title = raw[:-7]
+    for article in (", The", ", A", ", An"):
+        if article in title:
+            title = article[2:] + " " + title.replace(article, "")
+    return title.strip() or raw.strip()
+
+
+def read_ml100k_titles(path: str | os.PathLike) -> list[str]:
+    """LLaRA-style titles from ML-100K `u.item` (`|`-separated, latin-1), indexed by movie id - 1."""
+    path = Path(path)
+    items = _read_table(path, "ml100k", "items")
+    if not np.array_equal(items["item"].to_numpy(), np.arange(1, len(items) + 1)):
+        raise DataError(f"{path}: movie ids must be 1..{len(items)} in file order")
+    return [llara_movie_title(t) for t in items["title"].astype(str)]
+
+
 def _read_table(path: Path, fmt: str, kind: str) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"{path}: {kind} file not found")
@@ -114,7 +136,7 @@ def build_dataset(
 ) -> dict[str, int]:
     """Build `out/` from raw logs; returns {split: rows}.
 
-    ml100k: `u.data` (tab, no header) + `u.item` (`|`, latin-1), item id = movie id - 1, titles as in u.item.
+    ml100k: `u.data` (tab, no header) + `u.item` (`|`, latin-1), item id = movie id - 1, LLaRA-style titles.
     csv: interactions with header `user,item,timestamp[,rating]` and items `item,title`, item ids already
     dense 0..n-1. Titles are used as given.
     """
@@ -127,7 +149,7 @@ def build_dataset(
     _need(items, ("item", "title"), item_path)
     if fmt == "ml100k":
         inter["item"] = inter["item"] - 1
-        items["item"] = items["item"] - 1
+        items = pd.DataFrame({"item": np.arange(len(items)), "title": read_ml100k_titles(item_path)})
     if min_rating is not None and "rating" in inter.columns:
         inter = inter[inter["rating"] >= min_rating]
     items = items.sort_values("item")

@@ -1,0 +1,99 @@
+"""`ilora-data`: import LLaRA's splits, build splits from raw logs, check a dataset directory.
+
+Errors print `error: <message>` to stderr and exit 2; an existing non-empty output is never overwritten
+without `--force`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from ilora.errors import IloraError
+
+
+def _guard(path: Path, force: bool) -> None:
+    """Refuse a non-empty `path` unless forced; when forced, remove it so no stale split survives."""
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        if not force:
+            raise IloraError(f"{path} exists and is not empty; pass --force to overwrite it")
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def _import(args: argparse.Namespace) -> None:
+    from ilora.data.llara_import import import_llara
+
+    for name in args.datasets:
+        _guard(Path(args.dst) / name, args.force)
+    for name, rows in import_llara(args.src, args.dst, args.datasets).items():
+        print(f"{Path(args.dst) / name}: {rows}")
+
+
+def _build(args: argparse.Namespace) -> None:
+    from ilora.data.build import build_dataset
+
+    _guard(Path(args.out), args.force)
+    min_rating = None if args.min_rating < 0 else args.min_rating
+    rows = build_dataset(args.interactions, args.items, args.out, fmt=args.format, min_rating=min_rating,
+                         seed=args.seed, name=args.name, domain=args.domain)
+    print(f"{args.out}: {rows}")
+
+
+def _check(args: argparse.Namespace) -> None:
+    from ilora.data.datasets import load_dataset
+
+    data = load_dataset(args.dir)
+    rows = {k: len(v) for k, v in data.splits.items()}
+    print(f"{args.dir}: ok ({data.name}, {data.domain}, {data.num_items} items, {rows})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ilora-data", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    imp = sub.add_parser("import-llara", help="convert LLaRA's pickled splits into data/<name>/ parquet")
+    imp.add_argument("src", help="folder with movielens/ lastfm/ steam/ (e.g. /work/shared/data/llara)")
+    imp.add_argument("dst", help="output folder (e.g. data); each dataset goes to DST/<name>")
+    imp.add_argument("--datasets", nargs="+", default=["movielens", "lastfm", "steam"],
+                     choices=["movielens", "lastfm", "steam"])
+    imp.add_argument("--force", action="store_true", help="overwrite existing DST/<name> folders")
+    imp.set_defaults(func=_import)
+
+    bld = sub.add_parser("build", help="build splits from raw interactions with LLaRA's recipe")
+    bld.add_argument("--interactions", required=True, help="ml100k: u.data; csv: user,item,timestamp[,rating]")
+    bld.add_argument("--items", required=True, help="ml100k: u.item; csv: item,title")
+    bld.add_argument("--out", required=True, help="output dataset folder")
+    bld.add_argument("--min-rating", type=int, default=3, help="keep rating >= this (LLaRA: > 2); -1 keeps all")
+    bld.add_argument("--seed", type=int, default=0, help="seed of the 8:1:1 user split")
+    bld.add_argument("--format", choices=["ml100k", "csv"], default="ml100k")
+    bld.add_argument("--name", default=None, help="dataset name in meta.json (default: folder name)")
+    bld.add_argument("--domain", choices=["movie", "artist", "game"], default="movie")
+    bld.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
+    bld.set_defaults(func=_build)
+
+    chk = sub.add_parser("check", help="load and validate a dataset folder (or a known name)")
+    chk.add_argument("dir")
+    chk.set_defaults(func=_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point; returns the exit status (0 ok, 2 on a user-facing error)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except IloraError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
