@@ -1,0 +1,26 @@
+"""Thin Hydra entry points. Importing this package prepares the process for offline, reproducible runs:
+no hub lookups (nothing here can reach one), W&B offline unless WANDB_MODE says otherwise, and the
+`${ilora_root:}` resolver used by conf/paths/default.yaml."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "conf"
+
+
+def project_root() -> str:
+    """The checkout holding conf/ (an editable install), else the current directory."""
+    root = CONFIG_DIR.parent
+    return str(root if CONFIG_DIR.is_dir() else Path.cwd())
+
+
+if not OmegaConf.has_resolver("ilora_root"):
+    OmegaConf.register_new_resolver("ilora_root", project_root)
