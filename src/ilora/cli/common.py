@@ -1,0 +1,87 @@
+"""What every entry point shares: clean failure, run-directory bookkeeping, metrics.json."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+
+from ilora.errors import IloraError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def task_wrapper(task: F) -> F:
+    """Run a task so that loggers are always closed and the run directory is always printed.
+
+    A user-facing `IloraError` propagates (the `main` wrapper turns it into one line and exit code 2);
+    anything else propagates with its traceback, after the loggers were finished.
+    """
+
+    @functools.wraps(task)
+    def wrapped(cfg: DictConfig) -> Any:
+        start = time.time()
+        try:
+            return task(cfg)
+        finally:
+            close_loggers()
+            out = OmegaConf.select(cfg, "paths.output_dir", default=None)
+            print(f"[ilora] {cfg.get('task_name', 'task')} finished in {time.time() - start:.1f}s; run dir: {out}")
+
+    return wrapped  # type: ignore[return-value]
+
+
+def close_loggers() -> None:
+    """Finish an open W&B run (a crashed run still gets synced-able files)."""
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+
+
+def exit_on_user_error(main: Callable[[], Any]) -> Callable[[], Any]:
+    """Console-script wrapper: an `IloraError` prints one line `error: ...` and exits with status 2."""
+
+    @functools.wraps(main)
+    def wrapped() -> Any:
+        try:
+            return main()
+        except IloraError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return wrapped
+
+
+def write_json(path: str | Path, payload: Mapping[str, Any]) -> None:
+    """Write JSON atomically (temp file, then rename) so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=_jsonable) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def flat_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """Plain floats (NaN for values that are not numbers) with stable names."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        try:
+            out[key] = float(value.item() if hasattr(value, "item") else value)
+        except (TypeError, ValueError):
+            out[key] = math.nan
+    return out

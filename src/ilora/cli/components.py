@@ -1,0 +1,94 @@
+"""Builds a run's parts from its config, cheapest checks first, so bad input fails before a model loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from ilora.backbones import load_backbone
+from ilora.data.datasets import load_dataset
+from ilora.encoders.io import ensure_encoder, load_encoder
+from ilora.errors import ConfigError
+from ilora.recommender import Recommender
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Impossible combinations, caught before any data or model is loaded."""
+    adapter = cfg.adapter
+    if adapter.get("kind", "moe_lora") == "moe_lora":
+        rank, experts = int(adapter.rank), int(adapter.num_experts)
+        if experts < 1:
+            raise ConfigError(f"adapter.num_experts={experts} must be >= 1")
+        if rank < 1:
+            raise ConfigError(f"adapter.rank={rank} must be >= 1")
+        if rank % experts:
+            raise ConfigError(f"adapter.num_experts={experts} does not divide adapter.rank={rank}")
+    if OmegaConf.select(cfg, "ckpt_path") not in (None, "last") and not Path(cfg.ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path} does not exist")
+
+
+def encoder_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.encoder_dir) / cfg.data.name / cfg.encoder.name / f"seed{cfg.encoder_seed}"
+
+
+def build_datamodule(cfg: DictConfig):
+    """The DataModule, with the dataset checked on disk now (one clear error names the bad file)."""
+    load_dataset(cfg.data.dir)
+    return hydra.utils.instantiate(cfg.data)
+
+
+def build_encoder(cfg: DictConfig):
+    """The frozen sequential encoder: trained once and cached per (dataset, encoder, seed)."""
+    path = ensure_encoder(
+        data_dir=cfg.data.dir,
+        data_name=cfg.data.name,
+        encoder_cfg=OmegaConf.to_container(cfg.encoder, resolve=True),
+        out_dir=encoder_dir(cfg),
+        seed=int(cfg.encoder_seed),
+    )
+    return load_encoder(path)
+
+
+def build_backbone(cfg: DictConfig):
+    options = OmegaConf.to_container(cfg.backbone, resolve=True)
+    return load_backbone(**options)
+
+
+def build_model(cfg: DictConfig, *, backbone, tokenizer, encoder) -> Recommender:
+    gate = hydra.utils.instantiate(cfg.gate) if cfg.get("gate") else None
+    model_cfg = cfg.model
+    return Recommender(
+        backbone=backbone,
+        tokenizer=tokenizer,
+        encoder=encoder,
+        gate=gate,
+        adapter=OmegaConf.to_container(cfg.adapter, resolve=True),
+        optimizer=hydra.utils.instantiate(model_cfg.optimizer),
+        scheduler=OmegaConf.to_container(model_cfg.scheduler, resolve=True) if model_cfg.scheduler else None,
+        lr_multipliers=OmegaConf.to_container(model_cfg.lr_multipliers, resolve=True),
+        curriculum=bool(model_cfg.curriculum),
+        aux_loss_weight=float(model_cfg.aux_loss_weight),
+        evaluation=OmegaConf.to_container(model_cfg.evaluation, resolve=True),
+        run_config=OmegaConf.to_container(cfg, resolve=False),
+    )
+
+
+def build_all(cfg: DictConfig) -> dict[str, Any]:
+    """Data (checked) -> encoder -> backbone -> model, each step only after the cheaper ones passed."""
+    validate_config(cfg)
+    datamodule = build_datamodule(cfg)
+    encoder = build_encoder(cfg)
+    backbone, tokenizer = build_backbone(cfg)
+    datamodule.set_tokenizer(tokenizer)
+    model = build_model(cfg, backbone=backbone, tokenizer=tokenizer, encoder=encoder)
+    return {"datamodule": datamodule, "model": model, "encoder": encoder, "tokenizer": tokenizer}
+
+
+def instantiate_list(section: DictConfig | None) -> list[Any]:
+    """Instantiate every `_target_` entry of a config group (callbacks, loggers)."""
+    if not section:
+        return []
+    return [hydra.utils.instantiate(c) for c in section.values() if isinstance(c, DictConfig) and "_target_" in c]

@@ -1,0 +1,83 @@
+"""`ilora-train`: fit a recommender, then test it with the best checkpoint.
+
+`train(cfg) -> (metrics, objects)` is plain Python (tests call it); `main` wraps it with Hydra.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+from omegaconf import DictConfig, OmegaConf
+
+from ilora.cli import CONFIG_DIR
+from ilora.cli.common import flat_metrics, task_wrapper, write_json
+from ilora.cli.components import build_all, instantiate_list
+from ilora.cli.runs import report_failure, resolve_ckpt_path, run_mode_is_multirun
+from ilora.errors import IloraError
+
+
+@task_wrapper
+def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    """Fit (unless nothing is trainable), test, and write metrics.json into the run directory."""
+    start = time.time()
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+    pl.seed_everything(int(cfg.seed), workers=True)
+
+    parts = build_all(cfg)
+    model, datamodule = parts["model"], parts["datamodule"]
+    callbacks = instantiate_list(cfg.get("callbacks"))
+    loggers = instantiate_list(cfg.get("logger"))
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    fitted = trainable > 0 and int(cfg.trainer.get("max_steps", -1)) != 0
+    if fitted:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg), weights_only=True)
+    test_ckpt = _test_checkpoint(cfg, trainer) if fitted else None
+    trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True)
+
+    metrics = {k: v for k, v in flat_metrics(trainer.callback_metrics).items() if k.startswith(("val/", "test/"))}
+    for stage, result in model.eval_results.items():  # the last epoch's full set, not a step value
+        metrics.update(result["metrics"])
+    metrics["trainable_parameters"] = float(trainable)
+    metrics["wall_time_s"] = time.time() - start
+    write_json(out_dir / "metrics.json", metrics)
+    write_json(out_dir / "status.json", {"status": "completed"})
+    return metrics, {"trainer": trainer, **parts}
+
+
+def _test_checkpoint(cfg: DictConfig, trainer: pl.Trainer) -> str | None:
+    """`best` falls back to the current weights when no checkpoint was written (e.g. no validation ran)."""
+    choice = cfg.get("test_ckpt", "best")
+    if choice == "best":
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+        return best or None
+    return choice
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    try:
+        metrics, _ = train(cfg)
+    except Exception as error:  # noqa: BLE001 - a sweep goes on past a crashing run
+        report_failure(cfg, error)
+        if run_mode_is_multirun():
+            return None
+        if isinstance(error, IloraError):
+            raise SystemExit(2) from None
+        raise
+    return metrics.get("test/rank_hr@1")
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

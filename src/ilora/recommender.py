@@ -1,0 +1,350 @@
+"""The LightningModule: a frozen LLM fitted with MoE-LoRA, steered per user by a frozen sequential encoder.
+
+A batch's walk (docs/ARCHITECTURE.md has the batch keys):
+`z = encoder.user_state(history)`; `g = gate(z)` [B, K]; `x = embed(tokens)`;
+`x[slot] = projector(encoder.item_embeddings(slot_items))` (one index_put);
+`with gate_context(backbone, g): h = decoder(inputs_embeds=x)`; the vocabulary head runs only on the answer
+positions (it is a fifth of SmolLM2's compute). Evaluation scores all candidates on the prompt's KV cache
+(ranking) and/or generates greedily and parses the answer as LLaRA does (generation).
+
+Checkpoints hold only what training changes (adapters, projector, gate) plus the loop state; the frozen
+backbone and encoder are rebuilt from their own sources, and `on_load_checkpoint` checks the fit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import get_cosine_schedule_with_warmup
+
+from ilora.adapters import apply_moe_lora, gate_context
+from ilora.adapters.gates import gate_entropy, load_balancing_loss
+from ilora.errors import CheckpointError, ConfigError
+from ilora.evaluation.generation import generate_answers, generation_metrics, parse_choice
+from ilora.evaluation.ranking import score_candidates
+from ilora.metrics import bootstrap_ci, ranking_metrics
+from ilora.projector import ItemProjector
+
+EVAL_DEFAULTS = {"rank": True, "generate": True, "length_normalize": False, "max_new_tokens": 64}
+
+
+class Recommender(pl.LightningModule):
+    """iLoRA / LoRA / frozen-LLM recommender on one code path.
+
+    Args (keyword-only, ready-built collaborators):
+        backbone: a frozen Hugging Face causal LM (its weights are never trained here).
+        tokenizer: the backbone's tokenizer (generation decodes with it).
+        encoder: a frozen sequential encoder (`item_embeddings`, `user_state`, `hidden_dim`).
+        gate: a partial `Gate(in_dim=..., num_experts=...)` or a built gate; ignored unless K > 1.
+        adapter: `{kind: moe_lora|none, rank, num_experts, alpha, dropout, scaling, targets, target_regex}`.
+        optimizer: a partial optimizer (`torch.optim.AdamW` with lr, weight_decay), given parameter groups.
+        scheduler: `{warmup_ratio, min_lr_ratio?}` for transformers' warmup + cosine; None for a constant LR.
+        lr_multipliers: `{projector: 1.0, gate: 1.0}` relative to the optimizer's lr (adapters use 1.0).
+        curriculum: LLaRA's curriculum: hybrid prompts with probability step / total steps (else always hybrid).
+        aux_loss_weight: weight of the gate load-balancing loss (0 = off, as the paper).
+        evaluation: `{rank, generate, length_normalize, max_new_tokens}`.
+        run_config: the resolved run config (plain dict), stored in checkpoints for `ilora-eval`.
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        tokenizer: Any,
+        encoder: nn.Module,
+        gate: Callable[..., nn.Module] | nn.Module | None,
+        adapter: Mapping[str, Any],
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Mapping[str, Any] | None = None,
+        lr_multipliers: Mapping[str, float] | None = None,
+        curriculum: bool = False,
+        aux_loss_weight: float = 0.0,
+        evaluation: Mapping[str, Any] | None = None,
+        run_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters({"run_config": dict(run_config or {})})
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.encoder = encoder.eval().requires_grad_(False)
+        self.adapter_cfg = dict(adapter)
+        self.num_experts = self._apply_adapter(self.adapter_cfg)
+        self.gate = self._build_gate(gate) if self.num_experts > 1 else None
+        self.projector = ItemProjector(in_dim=encoder.hidden_dim, out_dim=backbone.config.hidden_size)
+        self.optimizer_factory = optimizer
+        self.scheduler_cfg = dict(scheduler) if scheduler else None
+        self.lr_multipliers = {"projector": 1.0, "gate": 1.0, **(lr_multipliers or {})}
+        self.curriculum = curriculum
+        self.aux_loss_weight = aux_loss_weight
+        self.eval_cfg = {**EVAL_DEFAULTS, **(evaluation or {})}
+        self.strict_loading = False  # the frozen backbone/encoder are not in our checkpoints
+        self.eval_results: dict[str, dict[str, Any]] = {}
+        self._eval_records: list[dict[str, Any]] = []
+
+    # ----------------------------------------------------------------- construction
+    def _apply_adapter(self, cfg: dict[str, Any]) -> int:
+        kind = cfg.get("kind", "moe_lora")
+        if kind == "none":
+            return 0
+        if kind != "moe_lora":
+            raise ConfigError(f"adapter.kind={kind!r} is unknown; use moe_lora or none")
+        apply_moe_lora(
+            self.backbone,
+            rank=int(cfg["rank"]),
+            num_experts=int(cfg["num_experts"]),
+            alpha=float(cfg["alpha"]),
+            dropout=float(cfg.get("dropout", 0.0)),
+            targets=tuple(cfg.get("targets") or ()),
+            target_regex=cfg.get("target_regex"),
+            scaling=cfg.get("scaling", "expert"),
+        )
+        return int(cfg["num_experts"])
+
+    def _build_gate(self, gate: Callable[..., nn.Module] | nn.Module | None) -> nn.Module:
+        if gate is None:
+            raise ConfigError(f"adapter.num_experts={self.num_experts} needs a gate; set gate=linear (or another)")
+        if isinstance(gate, nn.Module):
+            return gate
+        return gate(in_dim=self.encoder.hidden_dim, num_experts=self.num_experts)
+
+    def train(self, mode: bool = True) -> Recommender:
+        """Keep the frozen encoder in eval mode (no dropout) whatever Lightning switches."""
+        super().train(mode)
+        self.encoder.eval()
+        return self
+
+    # ----------------------------------------------------------------- forward pieces
+    def embed(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """Token embeddings with projected item embeddings written into the slots: [B, T, D]."""
+        embeds = self.backbone.get_input_embeddings()(batch["input_ids"])
+        if batch["slot_pos"].numel():
+            items = self.encoder.item_embeddings(batch["slot_items"])  # [S, D_rec]
+            vectors = self.projector(items).to(embeds.dtype)  # [S, D]
+            embeds = embeds.index_put((batch["slot_batch"], batch["slot_pos"]), vectors)
+        return embeds
+
+    def gate_weights(self, batch: Mapping[str, Tensor]) -> Tensor | None:
+        """Per-sequence expert weights [B, K] from the frozen encoder's user state (None without a gate)."""
+        if self.gate is None:
+            return None
+        with torch.no_grad():
+            z = self.encoder.user_state(batch["history"], batch["history_len"])  # [B, D_rec]
+        return self.gate(z.float())
+
+    def gated(self, gate: Tensor | None) -> contextlib.AbstractContextManager:
+        """The gate for this batch reaches every MoE-LoRA layer through a context, not through kwargs."""
+        if self.num_experts == 0 or gate is None:
+            return contextlib.nullcontext()
+        return gate_context(self.backbone, gate)
+
+    def answer_loss(self, batch: Mapping[str, Tensor], embeds: Tensor, gate: Tensor | None) -> Tensor:
+        """Cross-entropy on the answer tokens only; the LM head runs on those positions alone."""
+        with self.gated(gate):
+            hidden = self.backbone.base_model(
+                inputs_embeds=embeds, attention_mask=batch["attention_mask"]
+            ).last_hidden_state  # [B, T, D]
+        targets = batch["labels"][:, 1:]  # position t predicts token t + 1
+        mask = targets != -100
+        logits = self.backbone.get_output_embeddings()(hidden[:, :-1][mask])  # [N_answer, V]
+        return F.cross_entropy(logits.float(), targets[mask])
+
+    # ----------------------------------------------------------------- training
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if self.curriculum and datamodule is not None and hasattr(datamodule, "hybrid_probability"):
+            total = max(int(self.trainer.estimated_stepping_batches), 1)
+            datamodule.hybrid_probability = min(1.0, self.global_step / total)
+
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+        gate = self.gate_weights(batch)
+        loss = self.answer_loss(batch, self.embed(batch), gate)
+        batch_size = batch["input_ids"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        if gate is not None:
+            if self.aux_loss_weight > 0:
+                aux = load_balancing_loss(gate)
+                self.log("train/aux_loss", aux, batch_size=batch_size)
+                loss = loss + self.aux_loss_weight * aux
+            self.log("train/gate_entropy", gate_entropy(gate).mean(), batch_size=batch_size)
+            for k, w in enumerate(gate.detach().mean(0)):
+                self.log(f"train/expert_{k}_weight", w, batch_size=batch_size)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss {loss.item()} at global step {self.global_step}")
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        base_lr = self._base_lr()
+        groups = [
+            {"params": self._params_of("adapter"), "lr": base_lr},
+            {"params": self._params_of("projector"), "lr": base_lr * self.lr_multipliers["projector"]},
+            {"params": self._params_of("gate"), "lr": base_lr * self.lr_multipliers["gate"]},
+        ]
+        optimizer = self.optimizer_factory(params=[g for g in groups if g["params"]])
+        if not self.scheduler_cfg:
+            return optimizer
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = int(math.ceil(float(self.scheduler_cfg.get("warmup_ratio", 0.05)) * total))
+        scheduler = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=warmup, num_training_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _base_lr(self) -> float:
+        keywords = getattr(self.optimizer_factory, "keywords", {}) or {}
+        if "lr" not in keywords:
+            raise ConfigError("model.optimizer needs an explicit lr (e.g. model.optimizer.lr=2e-4)")
+        return float(keywords["lr"])
+
+    def _params_of(self, part: str) -> list[nn.Parameter]:
+        if part == "projector":
+            return [p for p in self.projector.parameters() if p.requires_grad]
+        if part == "gate":
+            return [] if self.gate is None else [p for p in self.gate.parameters() if p.requires_grad]
+        return [p for p in self.backbone.parameters() if p.requires_grad]
+
+    # ----------------------------------------------------------------- evaluation
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._eval_records.extend(self.evaluate_batch(batch))
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._eval_records.extend(self.evaluate_batch(batch))
+
+    @torch.no_grad()
+    def evaluate_batch(self, batch: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Rank and/or generate for one left-padded eval batch; one record per example."""
+        embeds, gate = self.embed(batch), self.gate_weights(batch)
+        records = [
+            {"index": int(i), "target_index": int(t), "candidates": c.tolist()}
+            for i, t, c in zip(batch["index"], batch["target_index"], batch["candidates"])
+        ]
+        with self.gated(gate):
+            if self.eval_cfg["rank"]:
+                scores = score_candidates(
+                    self.backbone,
+                    inputs_embeds=embeds,
+                    attention_mask=batch["attention_mask"],
+                    cand_input_ids=batch["cand_input_ids"],
+                    cand_attention_mask=batch["cand_attention_mask"],
+                    length_normalize=bool(self.eval_cfg["length_normalize"]),
+                )
+                for record, row in zip(records, scores.float().cpu()):
+                    record["scores"] = row.tolist()
+            if self.eval_cfg["generate"]:
+                texts = generate_answers(
+                    self.backbone,
+                    self.tokenizer,
+                    inputs_embeds=embeds,
+                    attention_mask=batch["attention_mask"],
+                    max_new_tokens=int(self.eval_cfg["max_new_tokens"]),
+                )
+                for record, text, titles in zip(records, texts, batch["candidate_titles"]):
+                    record["generated"] = text
+                    record["choice"] = parse_choice(text, titles)
+        if gate is not None:
+            for record, g in zip(records, gate.float().cpu()):
+                record["gate"] = g.tolist()
+        return records
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_records = []
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_records = []
+
+    def on_validation_epoch_end(self) -> None:
+        self._finish_eval("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._finish_eval("test")
+
+    def _finish_eval(self, stage: str) -> None:
+        records = self._gather_records(self._eval_records)
+        self._eval_records = []
+        if not records:
+            return
+        metrics = summarize(records, prefix=f"{stage}/")
+        self.log_dict(metrics, sync_dist=False, rank_zero_only=False)
+        self.eval_results[stage] = {"metrics": metrics, "records": records}
+        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            self._write_predictions(stage, records)
+
+    def _gather_records(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """All ranks' records, each test example exactly once (samplers pad the last batch with repeats)."""
+        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            everyone: list[list[dict[str, Any]] | None] = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(everyone, records)
+            records = [r for part in everyone for r in (part or [])]
+        unique = {r["index"]: r for r in records}
+        return [unique[i] for i in sorted(unique)]
+
+    def _write_predictions(self, stage: str, records: list[dict[str, Any]]) -> None:
+        out_dir = Path(self.trainer.default_root_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"predictions_{stage}.jsonl"
+        tmp = path.with_suffix(".jsonl.tmp")
+        with tmp.open("w", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        tmp.replace(path)
+
+    # ----------------------------------------------------------------- checkpoints
+    def trainable_state_keys(self) -> set[str]:
+        """State-dict keys that training changes: trainable parameters plus gate/projector buffers."""
+        keys = {name for name, p in self.named_parameters() if p.requires_grad}
+        for prefix, module in (("projector.", self.projector), ("gate.", self.gate)):
+            if module is not None:
+                keys |= {prefix + name for name, _ in module.named_buffers()}
+        return keys
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        keep = self.trainable_state_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["ilora_format"] = 1
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict")
+        if not isinstance(state, Mapping):
+            raise CheckpointError("checkpoint has no state_dict: not an ilora training checkpoint")
+        expected = {k: v.shape for k, v in self.state_dict().items() if k in self.trainable_state_keys()}
+        missing = sorted(expected.keys() - state.keys())
+        unexpected = sorted(state.keys() - expected.keys())
+        if missing or unexpected:
+            raise CheckpointError(
+                f"checkpoint does not fit this model (different backbone/adapter/gate?): "
+                f"{len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+            )
+        for key, shape in expected.items():
+            if tuple(state[key].shape) != tuple(shape):
+                raise CheckpointError(
+                    f"checkpoint tensor {key} has shape {tuple(state[key].shape)}, the model expects {tuple(shape)} "
+                    "(check adapter.rank / adapter.num_experts / backbone)"
+                )
+
+
+def summarize(records: list[dict[str, Any]], prefix: str = "") -> dict[str, float]:
+    """Flat metrics from eval records: `rank_*` (always valid) and `gen_*` (LLaRA's parsing)."""
+    metrics: dict[str, float] = {}
+    target_index = torch.tensor([r["target_index"] for r in records])
+    if "scores" in records[0]:
+        scores = torch.tensor([r["scores"] for r in records])
+        for name, value in ranking_metrics(scores, target_index, ks=(1, 5, 10)).items():
+            metrics[f"{prefix}rank_{name}"] = float(value)
+        hits = (scores.argmax(-1) == target_index).float()
+        low, high = bootstrap_ci(hits)
+        metrics[f"{prefix}rank_hr@1_ci_low"], metrics[f"{prefix}rank_hr@1_ci_high"] = float(low), float(high)
+    if "choice" in records[0]:
+        choices = torch.tensor([r["choice"] for r in records])
+        for name, value in generation_metrics(choices, target_index).items():
+            metrics[f"{prefix}gen_{name}"] = float(value)
+    if "gate" in records[0]:
+        gates = torch.tensor([r["gate"] for r in records])
+        metrics[f"{prefix}gate_entropy"] = float(gate_entropy(gates).mean())
+    metrics[f"{prefix}num_examples"] = float(len(records))
+    return metrics
