@@ -62,14 +62,19 @@ def split_users(users_in_order: np.ndarray, seed: int) -> tuple[np.ndarray, np.n
     return tuple(users_in_order[np.sort(p)] for p in parts)
 
 
-def build_splits(interactions: pd.DataFrame, *, seed: int = 0, window: int = WINDOW) -> dict[str, pd.DataFrame]:
-    """interactions (`user`, `item`, `timestamp`, optional `rating`; items dense) -> {train, val, test} frames."""
+def build_splits(
+    interactions: pd.DataFrame, *, seed: int = 0, window: int = WINDOW, user_split: tuple | None = None
+) -> dict[str, pd.DataFrame]:
+    """interactions (`user`, `item`, `timestamp`, optional `rating`; items dense) -> {train, val, test} frames.
+
+    `user_split` = (train, val, test) user ids overrides the seeded split (e.g. LLaRA's recovered one).
+    """
     order = pd.unique(interactions["user"])
     rank = pd.Series(np.arange(len(order)), index=order)
     frame = interactions.assign(_rank=rank.loc[interactions["user"]].to_numpy())
     frame = frame.sort_values(["_rank", "timestamp"], kind="stable").drop(columns="_rank")
     examples = sequence_examples(frame.reset_index(drop=True), window)
-    train_u, val_u, test_u = split_users(np.asarray(order), seed)
+    train_u, val_u, test_u = user_split if user_split is not None else split_users(np.asarray(order), seed)
     last = ~examples["user"].duplicated(keep="last")
     return {
         "train": examples[examples["user"].isin(train_u)].reset_index(drop=True),
