@@ -43,7 +43,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True)
 
     metrics = {k: v for k, v in flat_metrics(trainer.callback_metrics).items() if k.startswith(("val/", "test/"))}
-    for stage, result in model.eval_results.items():  # the last epoch's full set, not a step value
+    for result in model.eval_results.values():  # the last epoch's full set, not a step value
         metrics.update(result["metrics"])
     metrics["trainable_parameters"] = float(trainable)
     metrics["wall_time_s"] = time.time() - start
