@@ -1,0 +1,262 @@
+"""`RecDataModule`: a dataset directory -> prompt batches for training, validation, testing and inference.
+
+The backbone owns the tokenizer, so the entry point hands it over before `setup`:
+`datamodule.set_tokenizer(tokenizer)`. Item facts the model needs (`num_items`, `padding_id`, `titles`,
+`window`, `domain`) are readable right after construction (first access loads the dataset, about a second).
+
+Determinism: train candidates and templates are functions of (seed, epoch, example index) and the train
+order is a seeded permutation per epoch, so a resumed run sees the same data. The epoch travels with every
+index (the train sampler yields `(epoch, index)` pairs), which keeps it right inside DataLoader workers.
+The sampler is a `DistributedSampler`, so Lightning calls its `set_epoch` each epoch (also on resume) and
+does not replace it under DDP. Without a trainer, call `set_epoch(epoch)` before iterating.
+Curriculum: set `datamodule.hybrid_probability` (see `ilora.data.collate`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from ilora.data.candidates import eval_candidates, train_candidates
+from ilora.data.collate import PromptCollator
+from ilora.data.datasets import RecData, Split, load_dataset
+from ilora.data.prompts import get_prompts
+from ilora.errors import ConfigError, DataError
+
+
+class PromptExamples(Dataset):
+    """Rows of one split kept after filtering; `rows[i]` is the example's index in the split file.
+
+    Eval: `candidates` is the fixed `[N, C]` matrix. Train: `candidates is None` and items are fetched as
+    `(epoch, i)` so candidates are re-drawn per epoch.
+    """
+
+    def __init__(self, split: Split, rows: np.ndarray, candidates: np.ndarray | None, *,
+                 num_items: int, num_candidates: int, seed: int) -> None:
+        self.split, self.rows, self.candidates = split, rows, candidates
+        self.num_items, self.num_candidates, self.seed = num_items, num_candidates, seed
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        epoch, i = key if isinstance(key, tuple) else (0, key)
+        row = int(self.rows[i])
+        history, target = self.split.history[row], int(self.split.target[row])
+        if self.candidates is None:
+            cands = train_candidates(history, target, self.num_items, self.num_candidates,
+                                     seed=self.seed, epoch=epoch, index=row)
+        else:
+            cands = self.candidates[i]
+        return {"index": row, "epoch": epoch, "history": history, "target": target, "candidates": cands}
+
+
+class EpochSampler(DistributedSampler):
+    """Seeded shuffle per epoch (shard by rank) that yields `(epoch, index)` pairs."""
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        return ((epoch, i) for i in super().__iter__())
+
+
+class RecDataModule(L.LightningDataModule):
+    """Interaction histories -> instruction prompts; see the module docstring for the hand-over protocol.
+
+    `batch_size` and `eval_batch_size` are global (divided by the world size); `min_history` drops examples
+    with shorter real histories (LLaRA keeps `len_seq >= 3`); `domain` / `template` override the prompt set
+    (default: the dataset's domain, all its templates); `limit_*` keep the first rows for smoke runs.
+    """
+
+    def __init__(
+        self,
+        dir: str,
+        name: str | None = None,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_candidates: int = 20,
+        min_history: int = 3,
+        seed: int = 0,
+        num_workers: int = 0,
+        domain: str | None = None,
+        template: int | None = None,
+        max_prompt_tokens: int | None = None,
+        terminator: str | list[int] | None = None,
+        text_only: bool = False,
+        limit_train: int | None = None,
+        limit_val: int | None = None,
+        limit_test: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        for key, value, low in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1),
+                                ("num_candidates", num_candidates, 1), ("min_history", min_history, 0),
+                                ("num_workers", num_workers, 0), ("limit_train", limit_train, 1),
+                                ("limit_val", limit_val, 1), ("limit_test", limit_test, 1)):
+            if value is not None and (not isinstance(value, int) or value < low):
+                raise ConfigError(f"data.{key}={value!r} must be an integer >= {low}")
+        self.tokenizer: Any = None
+        self._data: RecData | None = None
+        self._hybrid_probability = 1.0
+        self._epoch = 0
+        self._sampler: EpochSampler | None = None
+        self.datasets: dict[str, PromptExamples] = {}
+        self.collators: dict[str, PromptCollator] = {}
+
+    # ---- hand-over and item facts -------------------------------------------------------------------
+    def set_tokenizer(self, tokenizer: Any) -> None:
+        """Give the backbone's tokenizer; required before `setup` (collators are built there)."""
+        self.tokenizer = tokenizer
+        self.collators = {}
+
+    def load(self) -> RecData:
+        """Load and validate the dataset once (cheap to call again)."""
+        if self._data is None:
+            data = load_dataset(self.hparams.dir)
+            if self.hparams.name is not None and data.name != self.hparams.name:
+                raise ConfigError(f"data.name={self.hparams.name!r} but {self.hparams.dir}/meta.json says {data.name!r}")
+            get_prompts(self.domain_of(data), self.hparams.template)  # fail now on a bad domain/template
+            self._data = data
+        return self._data
+
+    def domain_of(self, data: RecData) -> str:
+        return self.hparams.domain or data.domain
+
+    num_items = property(lambda self: self.load().num_items)
+    padding_id = property(lambda self: self.load().padding_id)
+    titles = property(lambda self: self.load().titles)
+    window = property(lambda self: self.load().window)
+    domain = property(lambda self: self.domain_of(self.load()))
+
+    @property
+    def hybrid_probability(self) -> float:
+        """Probability that a train batch is hybrid (item slots) rather than text-only; 1.0 by default."""
+        return self._hybrid_probability
+
+    @hybrid_probability.setter
+    def hybrid_probability(self, p: float) -> None:
+        self._hybrid_probability = float(p)
+        if "train" in self.collators:
+            self.collators["train"].hybrid_probability = float(p)
+
+    @property
+    def num_truncated(self) -> dict[str, int]:
+        """Examples whose oldest history items were dropped to fit `max_prompt_tokens`, per split."""
+        return {name: c.num_truncated for name, c in self.collators.items()}
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch for train candidates and order when no trainer drives the sampler."""
+        self._epoch = int(epoch)
+        if self._sampler is not None:
+            self._sampler.set_epoch(self._epoch)
+
+    # ---- Lightning hooks ------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        """Build the per-split example sets and collators (needs `set_tokenizer` first)."""
+        if self.tokenizer is None:
+            raise ConfigError("RecDataModule.setup needs a tokenizer: call datamodule.set_tokenizer(tokenizer) first")
+        data = self.load()
+        for split, limit in (("train", self.hparams.limit_train), ("val", self.hparams.limit_val),
+                             ("test", self.hparams.limit_test)):
+            if split not in data.splits:
+                continue
+            if split not in self.datasets:
+                self.datasets[split] = self._examples(data, data.splits[split], limit, train=split == "train")
+            if split not in self.collators:
+                self.collators[split] = self._collator("train" if split == "train" else "eval")
+
+    def _examples(self, data: RecData, split: Split, limit: int | None, *, train: bool) -> PromptExamples:
+        lengths = np.fromiter(map(len, split.history), dtype=np.int64, count=len(split))
+        rows = np.flatnonzero(lengths >= self.hparams.min_history)
+        if limit is not None:
+            rows = rows[:limit]
+        if len(rows) == 0:
+            raise DataError(
+                f"{self.hparams.dir}/{split.name}.parquet: no examples with >= data.min_history="
+                f"{self.hparams.min_history} history items"
+            )
+        cands = None
+        if not train:
+            cands = eval_candidates(split, data.num_items, self.hparams.num_candidates, self.hparams.seed)[rows]
+        return PromptExamples(split, rows, cands, num_items=data.num_items,
+                              num_candidates=self.hparams.num_candidates, seed=self.hparams.seed)
+
+    def _collator(self, mode: str) -> PromptCollator:
+        data = self.load()
+        return PromptCollator(
+            self.tokenizer, titles=data.titles, padding_id=data.padding_id, window=data.window,
+            prompts=get_prompts(self.domain_of(data), self.hparams.template), mode=mode, seed=self.hparams.seed,
+            terminator=self.hparams.terminator, max_prompt_tokens=self.hparams.max_prompt_tokens,
+            text_only=self.hparams.text_only, hybrid_probability=self._hybrid_probability,
+        )
+
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def per_device(self, key: str) -> int:
+        """Global `data.<key>` divided by the world size (ConfigError when it does not divide)."""
+        value = self.hparams[key] if self.hparams[key] is not None else self.hparams.batch_size
+        world, _ = self._world()
+        if value % world:
+            raise ConfigError(f"data.{key}={value} is not divisible by the world size {world}")
+        return value // world
+
+    def _loader(self, split: str) -> DataLoader:
+        if split not in self.datasets:
+            raise ConfigError(f"split {split!r} is not set up (dataset splits: {sorted(self.load().splits)})")
+        train = split == "train"
+        world, rank = self._world()
+        sampler = None
+        if train:
+            sampler = EpochSampler(self.datasets[split], num_replicas=world, rank=rank, shuffle=True,
+                                   seed=self.hparams.seed)
+            sampler.set_epoch(self._epoch)
+            self._sampler = sampler
+        return DataLoader(
+            self.datasets[split], batch_size=self.per_device("batch_size" if train else "eval_batch_size"),
+            sampler=sampler, shuffle=False, collate_fn=self.collators[split], num_workers=self.hparams.num_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    # ---- inference ---------------------------------------------------------------------------------------
+    def build_inference_batch(
+        self, history_ids: Sequence[Sequence[int]], candidate_ids: Sequence[Sequence[int]],
+        target: Sequence[int] | None = None,
+    ) -> dict[str, Any]:
+        """An eval batch (left-padded prompts) for arbitrary users; `target`/`target_index` are -1 when unknown."""
+        data = self.load()
+        if self.tokenizer is None:
+            raise ConfigError("build_inference_batch needs a tokenizer: call datamodule.set_tokenizer(tokenizer)")
+        if len(history_ids) != len(candidate_ids) or not history_ids:
+            raise DataError(f"need one candidate list per history, got {len(history_ids)} and {len(candidate_ids)}")
+        examples = []
+        for i, (hist, cands) in enumerate(zip(history_ids, candidate_ids)):
+            hist, cands = [int(h) for h in hist], [int(c) for c in cands]
+            if not hist:
+                raise DataError(f"inference example {i}: empty history")
+            if len(hist) > data.window:
+                raise DataError(f"inference example {i}: history of {len(hist)} items exceeds the window {data.window}")
+            if not cands or len(set(cands)) != len(cands):
+                raise DataError(f"inference example {i}: candidates must be a non-empty list of distinct ids")
+            bad = [x for x in hist + cands if not 0 <= x < data.num_items]
+            if bad:
+                raise DataError(f"inference example {i}: unknown item id {bad[0]} (valid 0..{data.num_items - 1})")
+            examples.append({"index": i, "history": hist, "target": -1 if target is None else int(target[i]),
+                             "candidates": np.asarray(cands, dtype=np.int64)})
+        if len({len(e["candidates"]) for e in examples}) != 1:
+            raise DataError("inference examples must all have the same number of candidates")
+        if "inference" not in self.collators:
+            self.collators["inference"] = self._collator("eval")
+        return self.collators["inference"](examples)
