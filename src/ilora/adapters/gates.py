@@ -74,7 +74,10 @@ class MLPGate(Gate):
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"gate.dropout={dropout} must be in [0, 1)")
         self.net = nn.Sequential(
-            nn.Linear(self.in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, self.num_experts)
+            nn.Linear(self.in_dim, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, self.num_experts),
         )
 
     def logits(self, z: Tensor, user_index: Tensor | None) -> Tensor:
@@ -84,7 +87,9 @@ class MLPGate(Gate):
 def _top_k_softmax(logits: Tensor, k: int, temperature: float) -> Tensor:
     """Softmax over the k largest logits per row, zeros elsewhere: [B, K] -> [B, K] with k nonzeros."""
     values, idx = logits.float().topk(k, dim=-1)
-    return torch.zeros_like(logits, dtype=torch.float32).scatter(-1, idx, torch.softmax(values / temperature, -1))
+    return torch.zeros_like(logits, dtype=torch.float32).scatter(
+        -1, idx, torch.softmax(values / temperature, -1)
+    )
 
 
 class TopKGate(LinearGate):
@@ -123,7 +128,9 @@ class NoisyGate(LinearGate):
         if not noise_std >= 0:
             raise ConfigError(f"gate.noise_std={noise_std} must be >= 0")
         if k is not None and (int(k) != k or not 1 <= k <= self.num_experts):
-            raise ConfigError(f"gate.k={k} must be null or an integer in [1, adapter.num_experts={self.num_experts}]")
+            raise ConfigError(
+                f"gate.k={k} must be null or an integer in [1, adapter.num_experts={self.num_experts}]"
+            )
         self.noise_std = float(noise_std)
         self.k = None if k is None else int(k)
 
@@ -148,7 +155,13 @@ class RandomGate(LinearGate):
     """
 
     def __init__(
-        self, *, in_dim: int, num_experts: int, num_users: int | None = None, temperature: float = 1.0, bias: bool = True
+        self,
+        *,
+        in_dim: int,
+        num_experts: int,
+        num_users: int | None = None,
+        temperature: float = 1.0,
+        bias: bool = True,
     ) -> None:
         super().__init__(in_dim=in_dim, num_experts=num_experts, temperature=temperature, bias=bias)
         if num_users is None or int(num_users) != num_users or num_users < 1:

@@ -76,8 +76,12 @@ class MoELoRALinear(nn.Module):
         self.expert_rank = self.rank // self.num_experts
         self.scaling = self.alpha / (self.expert_rank if scaling == "expert" else self.rank)
         device = base.weight.device
-        self.lora_A = nn.Parameter(torch.empty(self.rank, base.in_features, device=device, dtype=torch.float32))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, self.rank, device=device, dtype=torch.float32))
+        self.lora_A = nn.Parameter(
+            torch.empty(self.rank, base.in_features, device=device, dtype=torch.float32)
+        )
+        self.lora_B = nn.Parameter(
+            torch.zeros(base.out_features, self.rank, device=device, dtype=torch.float32)
+        )
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.gate: Tensor | None = None  # [B, K], set by gate_context; a plain attribute, never saved
@@ -140,7 +144,9 @@ class MoELoRALinear(nn.Module):
         """s * B diag(repeat_interleave(g, r/K)) A as [out, in] fp32 for one gate row [1, K] (or None if K == 1)."""
         if gate is None:
             if self.num_experts != 1:
-                raise ConfigError(f"merge needs a gate [1, {self.num_experts}] for num_experts={self.num_experts}")
+                raise ConfigError(
+                    f"merge needs a gate [1, {self.num_experts}] for num_experts={self.num_experts}"
+                )
             g = torch.ones(self.rank, device=self.lora_A.device)
         else:
             if gate.dim() != 2 or gate.shape[0] != 1 or gate.shape[1] != self.num_experts:
@@ -320,7 +326,9 @@ def apply_moe_lora(
     chosen = [n for n, _ in linears if matches(n)]
     if not chosen:
         available = sorted({n.rsplit(".", 1)[-1] for n, _ in linears})[:12]
-        setting = f"adapter.target_regex={target_regex!r}" if target_regex else f"adapter.targets={list(targets)}"
+        setting = (
+            f"adapter.target_regex={target_regex!r}" if target_regex else f"adapter.targets={list(targets)}"
+        )
         raise ConfigError(f"{setting} matches no nn.Linear module; available names include {available}")
     model.requires_grad_(False)
     for name in chosen:
