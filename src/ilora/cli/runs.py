@@ -8,8 +8,9 @@ from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ilora.checkpoints import read_checkpoint
 from ilora.cli.common import write_json
 from ilora.errors import ConfigError, IloraError
 
@@ -46,3 +47,15 @@ def report_failure(cfg: DictConfig, error: BaseException) -> None:
     if out:
         detail = "" if isinstance(error, IloraError) else traceback.format_exc()
         write_json(Path(out) / "status.json", {"status": "failed", "error": message, "traceback": detail})
+
+
+def continue_wandb_run(cfg: DictConfig, ckpt_path: str | None) -> None:
+    """A resumed run logs into the W&B run its checkpoint came from (the id is stored by `WandbRunId`)."""
+    wandb_cfg = OmegaConf.select(cfg, "logger.wandb")
+    if not ckpt_path or wandb_cfg is None:
+        return
+    run_id = read_checkpoint(ckpt_path).get("wandb_run_id")
+    if run_id:
+        with open_dict(wandb_cfg):
+            wandb_cfg.id = run_id
+            wandb_cfg.resume = "allow"

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from ilora.cli import CONFIG_DIR
 from ilora.cli.common import flat_metrics, task_wrapper, write_json
 from ilora.cli.components import build_all, instantiate_list
-from ilora.cli.runs import report_failure, resolve_ckpt_path, run_mode_is_multirun
+from ilora.cli.runs import continue_wandb_run, report_failure, resolve_ckpt_path, run_mode_is_multirun
 from ilora.errors import IloraError
 
 
@@ -29,8 +29,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
     pl.seed_everything(int(cfg.seed), workers=True)
 
+    ckpt_path = resolve_ckpt_path(cfg)
     parts = build_all(cfg)
     model, datamodule = parts["model"], parts["datamodule"]
+    continue_wandb_run(cfg, ckpt_path)
     callbacks = instantiate_list(cfg.get("callbacks"))
     loggers = instantiate_list(cfg.get("logger"))
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -38,7 +40,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     fitted = trainable > 0 and int(cfg.trainer.get("max_steps", -1)) != 0
     if fitted:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg), weights_only=True)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     test_ckpt = _test_checkpoint(cfg, trainer) if fitted else None
     trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True)
 

@@ -1,0 +1,82 @@
+"""Lightning callbacks for what researchers watch: expert use per user, and W&B runs that survive a resume."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import WandbLogger
+
+
+def _wandb_loggers(trainer: pl.Trainer) -> list[WandbLogger]:
+    return [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+
+
+class GateMonitor(Callback):
+    """After each validation: per-expert utilisation and a heatmap of expert weights for fixed users.
+
+    The users are the first `num_users` examples of the evaluation split (by index), so the heatmaps of
+    successive validations compare like with like. Scalars go to every logger; the histogram and the
+    image go to W&B only (other loggers get the scalars).
+    """
+
+    def __init__(self, *, num_users: int = 16) -> None:
+        self.num_users = num_users
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        result = getattr(pl_module, "eval_results", {}).get("val")
+        if not result or "gate" not in result["records"][0]:
+            return
+        gates = torch.tensor([r["gate"] for r in result["records"]])  # [N, K]
+        utilisation = torch.bincount(gates.argmax(-1), minlength=gates.shape[1]).float() / gates.shape[0]
+        for k, share in enumerate(utilisation):
+            pl_module.log(f"val/expert_{k}_top_share", share)
+        for logger in _wandb_loggers(trainer):
+            self._log_wandb(logger, gates, utilisation, trainer.global_step)
+
+    def _log_wandb(self, logger: WandbLogger, gates: torch.Tensor, utilisation: torch.Tensor, step: int) -> None:
+        import wandb
+
+        figure = gate_heatmap(gates[: self.num_users])
+        logger.experiment.log(
+            {
+                "val/expert_utilisation": wandb.Histogram(
+                    np_histogram=(utilisation.numpy(), list(range(len(utilisation) + 1)))
+                ),
+                "val/gate_heatmap": wandb.Image(figure),
+                "trainer/global_step": step,
+            }
+        )
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
+
+
+def gate_heatmap(gates: torch.Tensor) -> Any:
+    """A users x experts heatmap of gate weights (matplotlib figure)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(1.2 + 0.5 * gates.shape[1], 1.0 + 0.25 * gates.shape[0]))
+    image = axis.imshow(gates.numpy(), vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+    axis.set_xlabel("expert")
+    axis.set_ylabel("test user")
+    axis.set_xticks(range(gates.shape[1]))
+    figure.colorbar(image, ax=axis)
+    figure.tight_layout()
+    return figure
+
+
+class WandbRunId(Callback):
+    """Stores the W&B run id in every checkpoint, so a resumed run continues the same W&B run."""
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        loggers = _wandb_loggers(trainer)
+        if loggers:
+            checkpoint["wandb_run_id"] = str(loggers[0].version)
