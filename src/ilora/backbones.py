@@ -170,8 +170,9 @@ def _load_hf_dir(path, *, gguf_file, dtype, device):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
-    if not path:
-        raise ConfigError("backbone.path is required for backbone.kind=hf (a local Hugging Face model directory)")
+    if not path or str(path) == "???":
+        raise ConfigError("backbone.path is required for backbone.kind=hf: set it to a local Hugging Face model "
+                          "directory, e.g. backbone.path=/models/Llama-2-7b-hf")
     directory = Path(path).expanduser()
     if not directory.is_dir():
         raise ConfigError(f"backbone.path={str(path)!r} is not a directory")

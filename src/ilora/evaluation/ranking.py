@@ -1,0 +1,125 @@
+"""Rank candidates by their log-likelihood after the prompt, encoding each prompt once.
+
+The prompt (left-padded, embeddings injected by the caller) runs through the decoder once with a KV cache.
+Candidate answer segments then run against that cache, and the vocabulary head is applied only where a score
+needs it: the prompt's last position (first candidate token) and each candidate token that predicts the next.
+
+Two exact ways to share the prompt:
+- "packed" (default): one row per user; the C segments are packed into one row of C*(L-1) tokens with a 4D
+  block mask (each segment sees the whole prompt and itself, causally) and positions that restart after the
+  prompt. The prompt's KV stays at batch B (no copy), and gated adapters keep B rows.
+- "repeat": the cache is repeat_interleaved C times and the segments run as B*C rows (copies the prompt KV C
+  times; the adapters' gate is repeat_interleaved by the layer).
+The last token of a segment predicts nothing we score, so only the first L-1 tokens are fed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+METHODS = ("packed", "repeat")
+
+
+def prompt_position_ids(attention_mask: Tensor) -> Tensor:
+    """Positions for a left-padded batch: 0 at each row's first real token (padding clamps to 0). [B, T]"""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _token_logprobs(head: nn.Module, hidden: Tensor, targets: Tensor, chunk: int) -> Tensor:
+    """log p(target) from hidden states [N, D] and targets [N], the [N, V] logits built `chunk` rows at a time."""
+    out = []
+    for start in range(0, hidden.shape[0], chunk):
+        logits = head(hidden[start:start + chunk]).float()  # [n, V]
+        tgt = targets[start:start + chunk, None]
+        out.append((logits.gather(-1, tgt) - logits.logsumexp(-1, keepdim=True)).squeeze(-1))
+    return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
+
+
+def _packed_block_mask(prompt_mask: Tensor, seg_mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """Additive 4D mask [B, 1, C*L, T + C*L]: segment c sees the prompt's real tokens and itself, causally.
+
+    prompt_mask [B, T], seg_mask [B, C, L] (1 = real token).
+    """
+    B, C, L = seg_mask.shape
+    idx = torch.arange(C * L, device=seg_mask.device)
+    seg, off = idx // L, idx % L
+    block = (seg[:, None] == seg[None, :]) & (off[None, :] <= off[:, None])  # [CL, CL] query x key
+    cand = block[None] & seg_mask.reshape(B, 1, C * L).bool()  # keys of padding are hidden
+    prompt = prompt_mask.bool()[:, None, :].expand(B, C * L, -1)  # [B, CL, T]
+    allowed = torch.cat([prompt, cand], dim=-1)[:, None]  # [B, 1, CL, T + CL]
+    zero = torch.zeros((), dtype=dtype, device=seg_mask.device)
+    return torch.where(allowed, zero, torch.finfo(dtype).min)
+
+
+def _decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    if decoder is None or head is None:
+        raise TypeError(f"{type(model).__name__} exposes no decoder/output head (get_decoder/get_output_embeddings)")
+    return decoder, head
+
+
+def _check_shapes(inputs_embeds: Tensor, attention_mask: Tensor, cand_ids: Tensor, cand_mask: Tensor) -> None:
+    B, T = inputs_embeds.shape[:2]
+    if inputs_embeds.dim() != 3 or tuple(attention_mask.shape) != (B, T):
+        raise ValueError(f"inputs_embeds {tuple(inputs_embeds.shape)} and attention_mask "
+                         f"{tuple(attention_mask.shape)} must be [B, T, D] and [B, T]")
+    if cand_ids.dim() != 3 or cand_ids.shape[0] != B or cand_ids.shape != cand_mask.shape:
+        raise ValueError(f"cand_input_ids {tuple(cand_ids.shape)} and cand_attention_mask "
+                         f"{tuple(cand_mask.shape)} must both be [B={B}, C, L]")
+
+
+@torch.no_grad()
+def score_candidates(model: nn.Module, *, inputs_embeds: Tensor, attention_mask: Tensor, cand_input_ids: Tensor,
+                     cand_attention_mask: Tensor, length_normalize: bool = False, method: str = "packed",
+                     head_chunk: int = 2048) -> Tensor:
+    """Summed (or per-token mean) log-likelihood of each candidate segment after its prompt.
+
+    inputs_embeds [B, T, D] (LEFT-padded prompt), attention_mask [B, T], cand_input_ids / cand_attention_mask
+    [B, C, L] (RIGHT-padded segments) -> scores [B, C] (float32). A segment with no real token scores 0.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not one of {METHODS}")
+    _check_shapes(inputs_embeds, attention_mask, cand_input_ids, cand_attention_mask)
+    decoder, head = _decoder_and_head(model)
+    device = inputs_embeds.device
+    attention_mask = attention_mask.to(device).long()
+    cand_ids, cand_mask = cand_input_ids.to(device), cand_attention_mask.to(device).long()
+    B, C, L = cand_ids.shape
+
+    out = decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                  position_ids=prompt_position_ids(attention_mask), use_cache=True)
+    cache = out.cache
+    first = F.log_softmax(head(out.last_hidden_state[:, -1]).float(), dim=-1)  # [B, V]
+    token_lp = torch.zeros(B, C, L, dtype=torch.float32, device=device)
+    token_lp[:, :, 0] = first.gather(-1, cand_ids[:, :, 0])  # [B, C]
+
+    if L > 1:
+        seg_ids, seg_mask = cand_ids[:, :, :-1], cand_mask[:, :, :-1]  # inputs [B, C, L-1]
+        scored = cand_mask[:, :, 1:].bool()  # which next tokens are real [B, C, L-1]
+        embeds = model.get_input_embeddings()(seg_ids).to(inputs_embeds.dtype)  # [B, C, L-1, D]
+        start = attention_mask.sum(-1)  # prompt lengths [B]
+        offsets = torch.arange(L - 1, device=device)
+        if method == "packed":
+            hidden = decoder(
+                inputs_embeds=embeds.reshape(B, C * (L - 1), -1),
+                attention_mask=_packed_block_mask(attention_mask, seg_mask, inputs_embeds.dtype),
+                position_ids=(start[:, None] + offsets.repeat(C)[None]),  # [B, C*(L-1)]
+                cache=cache, use_cache=True,
+            ).last_hidden_state.reshape(B, C, L - 1, -1)
+        else:
+            cache.batch_repeat_interleave(C)
+            hidden = decoder(
+                inputs_embeds=embeds.reshape(B * C, L - 1, -1),
+                attention_mask=torch.cat([attention_mask.repeat_interleave(C, 0), seg_mask.reshape(B * C, -1)], -1),
+                position_ids=(start.repeat_interleave(C)[:, None] + offsets[None]),  # [B*C, L-1]
+                cache=cache, use_cache=True,
+            ).last_hidden_state.reshape(B, C, L - 1, -1)
+        token_lp[:, :, 1:][scored] = _token_logprobs(head, hidden[scored], cand_ids[:, :, 1:][scored], head_chunk)
+
+    token_lp = token_lp * cand_mask
+    scores = token_lp.sum(-1)
+    if length_normalize:
+        scores = scores / cand_mask.sum(-1).clamp(min=1)
+    return scores
