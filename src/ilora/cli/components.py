@@ -72,8 +72,15 @@ def build_model(cfg: DictConfig, *, backbone, tokenizer, encoder) -> Recommender
         curriculum=bool(model_cfg.curriculum),
         aux_loss_weight=float(model_cfg.aux_loss_weight),
         evaluation=OmegaConf.to_container(model_cfg.evaluation, resolve=True),
-        run_config=OmegaConf.to_container(cfg, resolve=False),
+        run_config=portable_config(cfg),
     )
+
+
+def portable_config(cfg: DictConfig) -> dict[str, Any]:
+    """The run config as stored in checkpoints: unresolved (paths follow the machine that reads it), no hydra node."""
+    config = OmegaConf.to_container(cfg, resolve=False)
+    config.pop("hydra", None)
+    return config
 
 
 def build_all(cfg: DictConfig) -> dict[str, Any]:

@@ -21,7 +21,10 @@ from ilora.errors import ConfigError, IloraError
 def model_config(cfg: DictConfig) -> DictConfig:
     """The checkpoint's training config, with this run's paths/trainer/logger and the user's overrides."""
     stored = OmegaConf.create(read_run_config(cfg.ckpt_path))
-    merged = OmegaConf.merge(stored, OmegaConf.masked_copy(cfg, ["trainer", "logger", "paths", "task_name"]))
+    own = [key for key in ("trainer", "logger", "paths", "task_name") if key in cfg]
+    merged = OmegaConf.merge(stored, OmegaConf.masked_copy(cfg, own))
+    if "logger" in own:  # the checkpoint's loggers must not leak into this run
+        merged.logger = cfg.logger
     merged = OmegaConf.merge(merged, cfg.get("override") or {})
     merged.ckpt_path = None
     return merged

@@ -1,0 +1,106 @@
+"""`ilora-predict ckpt_path=... history=[...]`: rank candidates (given, or shortlisted from the catalogue) for one user."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, ListConfig
+
+from ilora.checkpoints import read_checkpoint
+from ilora.cli import CONFIG_DIR
+from ilora.cli.common import task_wrapper, write_json
+from ilora.cli.components import build_all
+from ilora.cli.eval import model_config
+from ilora.cli.runs import report_failure
+from ilora.errors import ConfigError, DataError, IloraError
+
+
+def resolve_items(values: Any, titles: Sequence[str], what: str) -> list[int]:
+    """Item ids from ids or exact (case-insensitive) titles; unknown ones name the closest titles."""
+    if isinstance(values, (str, int)):
+        values = [values]
+    if not isinstance(values, (list, tuple, ListConfig)) or len(values) == 0:
+        raise DataError(f"{what} must be a non-empty list of item ids or titles, got {values!r}")
+    by_title = {t.strip().lower(): i for i, t in enumerate(titles)}
+    ids = []
+    for value in values:
+        if isinstance(value, int) or (isinstance(value, str) and value.strip().lstrip("-").isdigit()):
+            item = int(value)
+            if not 0 <= item < len(titles):
+                raise DataError(f"{what}: unknown item id {item} (valid 0..{len(titles) - 1})")
+        else:
+            item = by_title.get(str(value).strip().lower(), -1)
+            if item < 0:
+                close = difflib.get_close_matches(str(value), titles, n=3)
+                raise DataError(f"{what}: unknown title {value!r}" + (f" (did you mean {close}?)" if close else ""))
+        ids.append(item)
+    return ids
+
+
+def shortlist(encoder: torch.nn.Module, history: list[int], size: int, padding_id: int) -> list[int]:
+    """The encoder's top `size` next items over the whole catalogue, history excluded."""
+    window = torch.full((1, max(len(history), 1)), padding_id, dtype=torch.long)
+    window[0, : len(history)] = torch.tensor(history)
+    with torch.no_grad():
+        logits = encoder(window, torch.tensor([len(history)])).float()[0]  # [num_items]
+    logits[history] = -torch.inf
+    return logits.topk(size).indices.tolist()
+
+
+@task_wrapper
+def predict(cfg: DictConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    run_cfg = model_config(cfg)
+    parts = build_all(run_cfg)
+    model, datamodule = parts["model"], parts["datamodule"]
+    checkpoint = read_checkpoint(cfg.ckpt_path)
+    model.on_load_checkpoint(checkpoint)  # validates the fit, one clear error otherwise
+    model.load_state_dict(checkpoint["state_dict"], strict=False)
+    model.eval()
+
+    titles = datamodule.titles
+    history = resolve_items(cfg.history, titles, "history")
+    if len(history) > datamodule.window:
+        raise DataError(f"history has {len(history)} items; at most {datamodule.window} are used (drop the oldest)")
+    if cfg.candidates is None:
+        if int(cfg.shortlist) < 1 or int(cfg.shortlist) > len(titles) - len(set(history)):
+            raise ConfigError(f"shortlist={cfg.shortlist} must be between 1 and the catalogue size minus the history")
+        candidates = shortlist(parts["encoder"], history, int(cfg.shortlist), datamodule.padding_id)
+    else:
+        candidates = resolve_items(cfg.candidates, titles, "candidates")
+    batch = datamodule.build_inference_batch([history], [candidates])
+    record = model.evaluate_batch(batch)[0]
+    order = sorted(range(len(candidates)), key=lambda j: -record["scores"][j])[: int(cfg.top_k)]
+    ranked = [{"rank": r + 1, "item_id": candidates[j], "title": titles[candidates[j]], "score": record["scores"][j]}
+              for r, j in enumerate(order)]
+    out_dir = Path(cfg.paths.output_dir)
+    write_json(out_dir / "predictions.json", {"history": history, "candidates": candidates, "ranked": ranked,
+                                              "generated": record.get("generated"), "gate": record.get("gate")})
+    return ranked, {"record": record, **parts}
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        ranked, objects = predict(cfg)
+    except Exception as error:  # noqa: BLE001
+        report_failure(cfg, error)
+        if isinstance(error, IloraError):
+            raise SystemExit(2) from None
+        raise
+    for row in ranked:
+        print(f"{row['rank']:3d}  {row['score']:9.3f}  [{row['item_id']}] {row['title']}")
+    if objects["record"].get("generated") is not None:
+        print(f"generated: {objects['record']['generated']!r}")
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

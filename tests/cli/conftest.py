@@ -1,0 +1,86 @@
+"""Compose the real Hydra configs, forced to CPU, a tiny random backbone, a tiny dataset and tmp_path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from ilora.cli import CONFIG_DIR
+from ilora.data.synthetic import make_tiny_dataset
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+# The SmolLM2 tokenizer copy is shared by all tests (it is cached once, like a user's cache dir).
+SHARED_CACHE = Path(os.environ.get("ILORA_TEST_CACHE", Path(__file__).resolve().parents[2] / ".cache"))
+
+TINY = [
+    "backbone=tiny_random",
+    f"backbone.cache_dir={SHARED_CACHE}/backbones/smollm2_135m",
+    "logger=csv",
+    "trainer=cpu",
+    "trainer.precision=32-true",
+    "trainer.max_epochs=1",
+    "trainer.max_steps=4",
+    "trainer.enable_progress_bar=false",
+    "data.batch_size=4",
+    "data.eval_batch_size=4",
+    "data.num_candidates=5",
+    "data.limit_val_examples=4",
+    "data.limit_test_examples=6",
+    "encoder.hidden_dim=16",
+    "encoder.train.max_epochs=2",
+    "encoder.train.batch_size=64",
+    "model.evaluation.max_new_tokens=8",
+    "callbacks.last_checkpoint.every_n_train_steps=2",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("data") / "tiny"
+    make_tiny_dataset(directory, num_items=40, num_users=30, seed=0)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def encoder_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One encoder cache per session: the tiny SASRec is trained once and reused by every test."""
+    return tmp_path_factory.mktemp("encoders")
+
+
+def compose_config(name: str, overrides: list[str], out_dir: Path) -> DictConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name=name, return_hydra_config=True, overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out_dir)
+        cfg.paths.log_dir = str(out_dir.parent / "logs")
+        cfg.hydra.runtime.output_dir = str(out_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig().set_config(cfg)
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+@pytest.fixture
+def compose():
+    """`compose(name, overrides, out_dir) -> cfg` with HydraConfig set, as a running CLI would have it."""
+    return compose_config
+
+
+@pytest.fixture
+def train_cfg(tmp_path: Path, tiny_data_dir: Path, encoder_cache: Path):
+    """Factory: a composed tiny train config writing into tmp_path/<run>."""
+
+    def make(*extra: str, run: str = "run") -> DictConfig:
+        overrides = [*TINY, f"data.dir={tiny_data_dir}", "data.name=tiny", f"paths.encoder_dir={encoder_cache}", *extra]
+        return compose_config("train", overrides, tmp_path / run)
+
+    return make

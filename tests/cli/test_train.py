@@ -1,0 +1,50 @@
+"""`train(cfg)` end to end on a tiny random Llama: fit, checkpoints, test, metrics.json, eval round trip."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ilora.cli.eval import evaluate
+from ilora.cli.train import train
+
+
+def test_train_writes_metrics_checkpoints_and_predictions(train_cfg):
+    cfg = train_cfg()
+    metrics, objects = train(cfg)
+    out = Path(cfg.paths.output_dir)
+    on_disk = json.loads((out / "metrics.json").read_text())
+    for key in ("test/rank_hr@1", "test/rank_ndcg@5", "test/gen_valid_ratio", "test/gen_hr@1_all", "wall_time_s"):
+        assert key in on_disk, key
+    assert on_disk["test/num_examples"] == 6
+    assert json.loads((out / "status.json").read_text())["status"] == "completed"
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    lines = (out / "predictions_test.jsonl").read_text().splitlines()
+    assert len(lines) == 6 and len(json.loads(lines[0])["scores"]) == 5
+    assert objects["trainer"].global_step == 4
+
+
+def test_checkpoint_holds_only_trainable_tensors(train_cfg):
+    cfg = train_cfg()
+    _, objects = train(cfg)
+    model = objects["model"]
+    ckpt = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert set(ckpt["state_dict"]) == model.trainable_state_keys()
+    assert trainable <= set(ckpt["state_dict"])
+    assert not any(k.startswith(("encoder.", "backbone.model.embed_tokens")) for k in ckpt["state_dict"])
+
+
+def test_eval_from_checkpoint_reproduces_train_time_test_metrics(train_cfg, compose, tmp_path):
+    cfg = train_cfg("test_ckpt=last")
+    metrics, _ = train(cfg)
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    eval_cfg = compose(
+        "eval", [f"ckpt_path={ckpt}", "trainer.precision=32-true", "logger=none"], tmp_path / "eval"
+    )
+    eval_metrics, _ = evaluate(eval_cfg)
+    for key in ("test/rank_hr@1", "test/rank_mrr", "test/gen_valid_ratio", "test/gen_hr@1_all"):
+        assert eval_metrics[key] == pytest.approx(metrics[key], abs=1e-6), key
