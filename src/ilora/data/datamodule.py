@@ -86,16 +86,16 @@ class RecDataModule(L.LightningDataModule):
         max_prompt_tokens: int | None = None,
         terminator: str | list[int] | None = None,
         text_only: bool = False,
-        limit_train: int | None = None,
-        limit_val: int | None = None,
-        limit_test: int | None = None,
+        limit_train_examples: int | None = None,
+        limit_val_examples: int | None = None,
+        limit_test_examples: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         for key, value, low in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1),
                                 ("num_candidates", num_candidates, 1), ("min_history", min_history, 0),
-                                ("num_workers", num_workers, 0), ("limit_train", limit_train, 1),
-                                ("limit_val", limit_val, 1), ("limit_test", limit_test, 1)):
+                                ("num_workers", num_workers, 0), ("limit_train_examples", limit_train_examples, 1),
+                                ("limit_val_examples", limit_val_examples, 1), ("limit_test_examples", limit_test_examples, 1)):
             if value is not None and (not isinstance(value, int) or value < low):
                 raise ConfigError(f"data.{key}={value!r} must be an integer >= {low}")
         self.tokenizer: Any = None
@@ -159,8 +159,8 @@ class RecDataModule(L.LightningDataModule):
         if self.tokenizer is None:
             raise ConfigError("RecDataModule.setup needs a tokenizer: call datamodule.set_tokenizer(tokenizer) first")
         data = self.load()
-        for split, limit in (("train", self.hparams.limit_train), ("val", self.hparams.limit_val),
-                             ("test", self.hparams.limit_test)):
+        for split, limit in (("train", self.hparams.limit_train_examples), ("val", self.hparams.limit_val_examples),
+                             ("test", self.hparams.limit_test_examples)):
             if split not in data.splits:
                 continue
             if split not in self.datasets:
