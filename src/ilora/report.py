@@ -1,0 +1,480 @@
+"""Aggregate `ilora-train` run directories into a markdown table and an HR@1-vs-experts plot.
+
+A run directory is any directory holding `config.yaml` (searched recursively; hidden and `wandb` folders
+and the inside of a run directory are skipped). Beside it: `status.json` (completed / failed; absent =
+unfinished), `metrics.json` (flat floats) and `predictions_test.jsonl` (one object per test example).
+
+Runs are grouped by configuration = everything but the seed: data, backbone, adapter kind, K (frozen LLM = 0,
+LoRA = 1), rank, gate, plus any other config value that differs between the runs of that group (e.g. a swept
+learning rate), so different settings are never averaged together. Paths and other per-run values are ignored.
+
+The confidence interval of the main metric is over *test users*, seeds aggregated: each user's per-example
+value (matched by `index`) is averaged over the group's seeds that scored it, then users are resampled
+(percentile bootstrap, `ilora.metrics.bootstrap_ci`). Seed noise thus shrinks the per-user values instead of
+counting as extra users. Per-example ranking hits use the pessimistic tie rule of `ilora.metrics.target_rank`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from ilora.errors import DataError
+
+DEFAULT_METRIC = "test/rank_hr@1"
+PLOT_NAME = "hr1_vs_experts.png"
+REPORT_NAME = "report.md"
+PREDICTIONS_NAME = "predictions_test.jsonl"
+# (column header, metrics.json key, decimals) of the table, in order.
+COLUMNS: tuple[tuple[str, str, int], ...] = (
+    ("HR@1", "test/rank_hr@1", 4),
+    ("HR@5", "test/rank_hr@5", 4),
+    ("NDCG@5", "test/rank_ndcg@5", 4),
+    ("ValidRatio", "test/gen_valid_ratio", 4),
+    ("gen HR@1 (valid)", "test/gen_hr@1_valid", 4),
+    ("gen HR@1 (all)", "test/gen_hr@1_all", 4),
+    ("wall time (s)", "wall_time_s", 0),
+)
+_SKIP_DIRS = {"wandb", "checkpoints", "__pycache__"}
+_IGNORED_KEYS = {"seed", "tags", "ckpt_path", "task_name", "test_ckpt"}
+
+
+@dataclass(frozen=True, order=True)
+class ConfigKey:
+    """What identifies a configuration (the seed excluded). `num_experts` is 0 for the frozen LLM."""
+
+    data: str
+    num_experts: int
+    backbone: str
+    adapter: str
+    rank: int
+    gate: str  # short class name, "" when no gate acts (frozen LLM, LoRA)
+    other: tuple[tuple[str, str], ...] = ()  # other config values that differ inside the group
+
+    @property
+    def label(self) -> str:
+        if self.adapter == "none":
+            return "frozen LLM"
+        return "LoRA" if self.num_experts == 1 else "iLoRA"
+
+
+@dataclass
+class Run:
+    path: Path
+    status: str  # completed | failed | unfinished
+    error: str = ""
+    seed: int | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    key: ConfigKey | None = None
+
+
+@dataclass
+class GroupSummary:
+    key: ConfigKey
+    runs: list[Run]
+    means: dict[str, float]  # metric -> mean over completed seeds (NaN when absent)
+    stds: dict[str, float]  # sample std (ddof=1); NaN below two seeds
+    ci: tuple[float, float] | None  # bootstrap CI of the main metric over users, None when not computable
+    num_users: int
+
+    @property
+    def completed(self) -> list[Run]:
+        return [r for r in self.runs if r.status == "completed"]
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def find_run_dirs(dirs: Iterable[str | Path]) -> list[Path]:
+    """Every directory under `dirs` (themselves included) that holds `config.yaml`, sorted, deduplicated."""
+    found: set[Path] = set()
+    for root in dirs:
+        root = Path(root)
+        if not root.is_dir():
+            raise DataError(f"{root} is not a directory")
+        stack = [root]
+        while stack:
+            d = stack.pop()
+            if (d / "config.yaml").is_file():
+                found.add(d.resolve())
+                continue  # a run's own sub-folders (checkpoints, csv, wandb) are not runs
+            try:
+                children = [c for c in d.iterdir() if c.is_dir()]
+            except OSError:
+                continue
+            stack.extend(c for c in children if not c.name.startswith(".") and c.name not in _SKIP_DIRS)
+    return sorted(found)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from e
+
+
+def _select(config: dict[str, Any], dotted: str, default: Any = None) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def load_run(path: str | Path) -> Run:
+    """Read one run directory; problems (bad files, missing metrics) mark the run failed, never raise."""
+    path = Path(path)
+    run = Run(path=path, status="unfinished")
+    try:
+        config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        return Run(path=path, status="failed", error=f"config.yaml unreadable: {_first_line(str(e))}")
+    if not isinstance(config, dict):
+        return Run(path=path, status="failed", error="config.yaml is not a mapping")
+    run.config = config
+    seed = config.get("seed")
+    run.seed = int(seed) if isinstance(seed, int | float) else None
+    status_file = path / "status.json"
+    if status_file.is_file():
+        try:
+            status = _read_json(status_file)
+        except DataError as e:
+            run.status, run.error = "failed", str(e)
+            return run
+        state = status.get("status") if isinstance(status, dict) else None
+        if state == "failed":
+            run.status, run.error = "failed", _first_line(str(status.get("error", "")) or "no error message")
+        elif state == "completed":
+            run.status = "completed"
+    if run.status == "completed":
+        try:
+            metrics = _read_json(path / "metrics.json") if (path / "metrics.json").is_file() else None
+        except DataError as e:
+            metrics, run.error = None, str(e)
+        if not isinstance(metrics, dict):
+            run.status, run.error = "failed", run.error or "completed but metrics.json is missing or not an object"
+        else:
+            run.metrics = {k: _to_float(v) for k, v in metrics.items()}
+    return run
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def _to_float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+# ---------------------------------------------------------------------------------------------- grouping
+
+
+def _base_key(config: dict[str, Any]) -> ConfigKey:
+    adapter = str(_select(config, "adapter.kind", "?"))
+    if adapter == "none":
+        k, rank, gate = 0, 0, ""
+    else:
+        k = int(_select(config, "adapter.num_experts", 1) or 1)
+        rank = int(_select(config, "adapter.rank", 0) or 0)
+        target = _select(config, "gate._target_")
+        gate = str(target).rsplit(".", 1)[-1] if target and k > 1 else ""
+    return ConfigKey(data=str(_select(config, "data.name", "?")), num_experts=k,
+                     backbone=str(_select(config, "backbone.kind", "?")), adapter=adapter, rank=rank, gate=gate)
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def _comparable(config: dict[str, Any], key: ConfigKey) -> dict[str, str]:
+    """Config leaves that define a setting: no seed, no paths, no per-run directories, no unused groups."""
+    flat = _flatten(config)
+    paths = [v for k, v in flat.items() if k.startswith("paths.") and isinstance(v, str) and v]
+    skip = ("paths.", "adapter." if key.adapter == "none" else "\0", "gate." if not key.gate else "\0")
+    out = {}
+    for k, v in flat.items():
+        if k in _IGNORED_KEYS or k.startswith(skip):
+            continue
+        if isinstance(v, str) and any(v.startswith(p) for p in paths):
+            continue  # a path derived from paths.* (output dir, data dir): differs per run or per machine
+        out[k] = json.dumps(v, sort_keys=True, default=str)
+    return out
+
+
+def group_runs(runs: Sequence[Run]) -> dict[ConfigKey, list[Run]]:
+    """Group by `ConfigKey`; runs without a readable config are left out (they are listed as failures)."""
+    base: dict[ConfigKey, list[Run]] = {}
+    for run in runs:
+        if run.config:
+            base.setdefault(_base_key(run.config), []).append(run)
+    groups: dict[ConfigKey, list[Run]] = {}
+    for key, members in base.items():
+        flats = [_comparable(r.config, key) for r in members]
+        names = sorted(set().union(*flats))
+        varying = [n for n in names if len({f.get(n) for f in flats}) > 1]
+        for run, flat in zip(members, flats):
+            other = tuple((n, flat.get(n, "absent")) for n in varying)
+            run.key = replace(key, other=other)
+            groups.setdefault(run.key, []).append(run)
+    return dict(sorted(groups.items()))
+
+
+# ------------------------------------------------------------------------------------------- per-example
+
+
+def read_predictions(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a `predictions_test.jsonl` (DataError naming the file and line on a bad row)."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise DataError(f"{path}:{i}: not valid JSON ({e})") from e
+            if not isinstance(row, dict) or "index" not in row or "target_index" not in row:
+                raise DataError(f"{path}:{i}: a prediction needs 'index' and 'target_index'")
+            rows.append(row)
+    return rows
+
+
+def per_example_values(rows: Sequence[dict[str, Any]], metric: str, source: str = "predictions") -> dict[int, float]:
+    """`{index: value}` of `metric` for each example, or {} when the rows cannot give it.
+
+    Supported: `rank_hr@k`, `rank_ndcg@k`, `rank_mrr` (need `scores`), `gen_hr@1_all` (choice == target),
+    `gen_valid_ratio` (choice != -1). `gen_hr@1_valid` is a ratio over valid rows, not a per-user mean: {}.
+    """
+    name = metric.rsplit("/", 1)[-1]
+    if not rows:
+        return {}
+    index = [int(r["index"]) for r in rows]
+    target = np.asarray([int(r["target_index"]) for r in rows])
+    if name.startswith("rank_"):
+        if any("scores" not in r for r in rows):
+            return {}
+        rank = _ranks(rows, target, source).astype(float)  # [N]
+        if m := re.fullmatch(r"rank_hr@(\d+)", name):
+            values = (rank <= int(m.group(1))).astype(float)
+        elif m := re.fullmatch(r"rank_ndcg@(\d+)", name):
+            values = np.where(rank <= int(m.group(1)), 1.0 / np.log2(rank + 1.0), 0.0)
+        elif name == "rank_mrr":
+            values = 1.0 / rank
+        else:
+            return {}
+    elif name in ("gen_hr@1_all", "gen_valid_ratio"):
+        if any("choice" not in r for r in rows):
+            return {}
+        choice = np.asarray([int(r["choice"]) for r in rows])
+        values = (choice == target) if name == "gen_hr@1_all" else (choice != -1)
+        values = values.astype(float)
+    else:
+        return {}
+    return dict(zip(index, values.tolist()))
+
+
+def _ranks(rows: Sequence[dict[str, Any]], target: np.ndarray, source: str) -> np.ndarray:
+    import torch
+
+    from ilora.metrics import target_rank
+
+    widths = {len(r["scores"]) for r in rows}
+    if len(widths) != 1:
+        raise DataError(f"{source}: 'scores' lists have different lengths {sorted(widths)}")
+    scores = torch.tensor([[_to_float(s) for s in r["scores"]] for r in rows], dtype=torch.float64)
+    try:
+        return target_rank(scores, torch.as_tensor(target)).numpy()
+    except ValueError as e:
+        raise DataError(f"{source}: {e}") from e
+
+
+def user_values(runs: Sequence[Run], metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """`(index [U], value [U])`: each test user's `metric` averaged over the runs (seeds) that scored them.
+
+    Runs without usable predictions are skipped; no usable run gives two empty arrays.
+    """
+    sums: dict[int, float] = {}
+    counts: dict[int, int] = {}
+    for run in runs:
+        file = run.path / PREDICTIONS_NAME
+        if not file.is_file():
+            continue
+        for i, v in per_example_values(read_predictions(file), metric, source=str(file)).items():
+            sums[i] = sums.get(i, 0.0) + v
+            counts[i] = counts.get(i, 0) + 1
+    index = np.asarray(sorted(sums), dtype=np.int64)
+    return index, np.asarray([sums[i] / counts[i] for i in index.tolist()], dtype=float)
+
+
+def _bootstrap_ci(values: np.ndarray, num_samples: int = 1000, alpha: float = 0.05, seed: int = 0):
+    from ilora.metrics import bootstrap_ci
+
+    return bootstrap_ci(values, num_samples=num_samples, alpha=alpha, seed=seed)
+
+
+def summarize(key: ConfigKey, runs: list[Run], metric: str = DEFAULT_METRIC) -> GroupSummary:
+    """Mean and sample std over completed seeds of the table metrics and `metric`, plus its user-level CI."""
+    done = [r for r in runs if r.status == "completed"]
+    means, stds = {}, {}
+    for name in dict.fromkeys([c[1] for c in COLUMNS] + [metric]):
+        vals = np.asarray([r.metrics[name] for r in done if not math.isnan(r.metrics.get(name, math.nan))])
+        means[name] = float(vals.mean()) if vals.size else math.nan
+        stds[name] = float(vals.std(ddof=1)) if vals.size > 1 else math.nan
+    _, values = user_values(done, metric)
+    ci = _bootstrap_ci(values) if values.size else None
+    return GroupSummary(key=key, runs=runs, means=means, stds=stds, ci=ci, num_users=int(values.size))
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+def _fmt(mean: float, std: float, decimals: int) -> str:
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.{decimals}f}" if math.isnan(std) else f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+
+
+def _problems(summary: GroupSummary) -> str:
+    failed = [r for r in summary.runs if r.status == "failed"]
+    unfinished = [r for r in summary.runs if r.status == "unfinished"]
+    parts = [f"FAILED seed {r.seed}: {r.error}" for r in failed]
+    parts += [f"UNFINISHED seed {r.seed}" for r in unfinished]
+    seeds = [r.seed for r in summary.completed]
+    if dupes := sorted({s for s in seeds if seeds.count(s) > 1}, key=str):
+        parts.append(f"duplicate seeds {dupes}")
+    return "; ".join(parts).replace("|", "\\|")
+
+
+def markdown_table(summaries: Sequence[GroupSummary], metric: str = DEFAULT_METRIC) -> str:
+    """One row per configuration (sorted by data, then K); the CI column is over test users."""
+    columns = list(COLUMNS)
+    if metric not in {c[1] for c in columns}:
+        columns.insert(0, (metric, metric, 4))
+    show_other = any(s.key.other for s in summaries)
+    head = ["data", "backbone", "adapter", "K", "rank", "gate"] + (["other"] if show_other else [])
+    head += ["seeds"] + [c[0] for c in columns] + [f"{metric} 95% CI (users)", "failed / unfinished"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in summaries:
+        k = s.key
+        cells = [k.data, k.backbone, k.label, str(k.num_experts), str(k.rank) if k.rank else "-", k.gate or "-"]
+        if show_other:
+            cells.append(", ".join(f"{n}={v}" for n, v in k.other) or "-")
+        cells.append(str(len(s.completed)))
+        cells += [_fmt(s.means[c[1]], s.stds[c[1]], c[2]) for c in columns]
+        cells.append(f"[{s.ci[0]:.4f}, {s.ci[1]:.4f}] (n={s.num_users})" if s.ci else "-")
+        cells.append(_problems(s) or "-")
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_vs_experts(summaries: Sequence[GroupSummary], path: str | Path, metric: str = DEFAULT_METRIC) -> Path:
+    """`metric` vs K, one panel per dataset, one line per backbone/gate/rank (LoRA = K 1 joins them),
+    CI as error bars; the frozen LLM is a dashed horizontal line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted({s.key.data for s in summaries}) or ["(no runs)"]
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
+    for ax, data in zip(axes[0], datasets):
+        mine = [s for s in summaries if s.key.data == data and not math.isnan(_point(s, metric))]
+        lines: dict[tuple, list[GroupSummary]] = {}
+        for s in mine:
+            if s.key.num_experts > 1:
+                lines.setdefault((s.key.backbone, s.key.gate, s.key.rank, s.key.other), []).append(s)
+        for s in mine:  # LoRA joins every iLoRA line of its backbone/rank, or draws its own
+            if s.key.num_experts == 1:
+                joined = [v for (b, _, r, o), v in lines.items() if (b, r, o) == (s.key.backbone, s.key.rank, s.key.other)]
+                for members in joined or [lines.setdefault((s.key.backbone, "", s.key.rank, s.key.other), [])]:
+                    members.append(s)
+        colors = {b: f"C{i}" for i, b in enumerate(sorted({s.key.backbone for s in mine}))}
+        for (backbone, gate, rank, other), members in sorted(lines.items()):
+            members.sort(key=lambda s: s.key.num_experts)
+            x = [s.key.num_experts for s in members]
+            y = [_point(s, metric) for s in members]
+            err = np.asarray([[max(p - s.ci[0], 0.0), max(s.ci[1] - p, 0.0)] if s.ci else [0.0, 0.0]
+                              for s, p in zip(members, y)]).T  # [2, points]
+            label = " ".join(str(p) for p in (backbone, gate or "LoRA", f"r{rank}", *(f"{n}={v}" for n, v in other)))
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=colors[backbone], label=label)
+        for s in mine:
+            if s.key.adapter == "none":
+                ax.axhline(_point(s, metric), ls="--", color=colors[s.key.backbone], label=f"{s.key.backbone} frozen")
+        ks = sorted({s.key.num_experts for s in mine if s.key.num_experts > 0})
+        if ks:
+            ax.set_xticks(ks)
+        ax.set(title=data, xlabel="number of experts K (LoRA = 1)", ylabel=metric)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _point(s: GroupSummary, metric: str) -> float:
+    return s.means.get(metric, math.nan)
+
+
+@dataclass
+class Report:
+    table: str
+    markdown: str
+    summaries: list[GroupSummary]
+    problems: list[Run]
+    markdown_path: Path
+    plot_path: Path
+
+
+def build_report(dirs: Sequence[str | Path], out_dir: str | Path | None = None,
+                 metric: str = DEFAULT_METRIC) -> Report:
+    """Find, group and summarise the runs under `dirs`; write `report.md` and the plot into `out_dir`
+    (default: the first dir). Raises DataError when no run directory is found or `metric` is nowhere."""
+    if not dirs:
+        raise DataError("no directories given")
+    paths = find_run_dirs(dirs)
+    if not paths:
+        raise DataError(f"no run directories (a folder with config.yaml) under {', '.join(map(str, dirs))}")
+    runs = [load_run(p) for p in paths]
+    known = set().union(*(r.metrics for r in runs))
+    if known and metric not in known:
+        raise DataError(f"--metric {metric} is in no metrics.json; known: {', '.join(sorted(known))}")
+    summaries = [summarize(k, members, metric) for k, members in group_runs(runs).items()]
+    problems = [r for r in runs if r.status != "completed"]
+    table = markdown_table(summaries, metric)
+    out = Path(out_dir if out_dir is not None else dirs[0])
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [f"# iLoRA runs: {len(runs)} runs, {len(summaries)} configurations", "",
+             f"Mean ± std over completed seeds; 95% CI of `{metric}`: bootstrap over test users "
+             "(1000 samples, seed 0), each user's value averaged over seeds.", "", table, ""]
+    if problems:
+        lines += ["## Failed and unfinished runs", ""]
+        lines += [f"- {r.status.upper()} `{r.path}`" + (f": {r.error}" if r.error else "") for r in problems]
+        lines.append("")
+    text = "\n".join(lines)
+    md_path = out / REPORT_NAME
+    md_path.write_text(text, encoding="utf-8")
+    plot_path = plot_vs_experts(summaries, out / PLOT_NAME, metric)
+    return Report(table=table, markdown=text, summaries=summaries, problems=problems,
+                  markdown_path=md_path, plot_path=plot_path)
