@@ -361,7 +361,7 @@ def _problems(summary: GroupSummary) -> str:
     seeds = [r.seed for r in summary.completed]
     if dupes := sorted({s for s in seeds if seeds.count(s) > 1}, key=str):
         parts.append(f"duplicate seeds {dupes}")
-    return "; ".join(parts).replace("|", "\\|")
+    return "; ".join(parts)
 
 
 def markdown_table(summaries: Sequence[GroupSummary], metric: str = DEFAULT_METRIC) -> str:
@@ -407,18 +407,17 @@ def plot_vs_experts(summaries: Sequence[GroupSummary], path: str | Path, metric:
                 joined = [v for (b, _, r, o), v in lines.items() if (b, r, o) == (s.key.backbone, s.key.rank, s.key.other)]
                 for members in joined or [lines.setdefault((s.key.backbone, "", s.key.rank, s.key.other), [])]:
                     members.append(s)
-        colors = {b: f"C{i}" for i, b in enumerate(sorted({s.key.backbone for s in mine}))}
-        for (backbone, gate, rank, other), members in sorted(lines.items()):
+        for i, ((backbone, gate, rank, other), members) in enumerate(sorted(lines.items())):
             members.sort(key=lambda s: s.key.num_experts)
             x = [s.key.num_experts for s in members]
             y = [_point(s, metric) for s in members]
             err = np.asarray([[max(p - s.ci[0], 0.0), max(s.ci[1] - p, 0.0)] if s.ci else [0.0, 0.0]
                               for s, p in zip(members, y)]).T  # [2, points]
             label = " ".join(str(p) for p in (backbone, gate or "LoRA", f"r{rank}", *(f"{n}={v}" for n, v in other)))
-            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=colors[backbone], label=label)
-        for s in mine:
-            if s.key.adapter == "none":
-                ax.axhline(_point(s, metric), ls="--", color=colors[s.key.backbone], label=f"{s.key.backbone} frozen")
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=f"C{i}", label=label)
+        frozen = [s for s in mine if s.key.adapter == "none"]
+        for i, s in enumerate(frozen, start=len(lines)):
+            ax.axhline(_point(s, metric), ls="--", color=f"C{i}", label=f"{s.key.backbone} frozen LLM")
         ks = sorted({s.key.num_experts for s in mine if s.key.num_experts > 0})
         if ks:
             ax.set_xticks(ks)
