@@ -23,7 +23,7 @@ def tiny():
     return load_backbone("tiny_random", dtype="float32", seed=3, initializer_range=0.2)
 
 
-def left_pad(rows, pad_id):
+def _left_pad(rows, pad_id):
     """Token lists -> left-padded ids and mask [B, T]."""
     T = max(len(r) for r in rows)
     ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
@@ -33,7 +33,7 @@ def left_pad(rows, pad_id):
     return ids, mask
 
 
-def right_pad(groups, pad_id):
+def _right_pad(groups, pad_id):
     """Per-row lists of candidate token lists -> right-padded ids and mask [B, C, L]."""
     L = max(len(s) for g in groups for s in g)
     ids = torch.full((len(groups), len(groups[0]), L), pad_id, dtype=torch.long)
@@ -42,3 +42,9 @@ def right_pad(groups, pad_id):
         for c, s in enumerate(g):
             ids[b, c, :len(s)], mask[b, c, :len(s)] = torch.tensor(s), 1
     return ids, mask
+
+
+@pytest.fixture
+def pad():
+    """(left_pad, right_pad) helpers for prompts [B, T] and candidate segments [B, C, L]."""
+    return _left_pad, _right_pad

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from conftest import left_pad, right_pad
 
 from ilora.evaluation.ranking import score_candidates
 
@@ -17,9 +16,10 @@ def full_sequence_score(model, prompt_embeds, cand_ids):
 
 
 @pytest.fixture
-def case(tiny):
+def case(tiny, pad):
     """3 users with prompts of 5..17 tokens, 4 candidates of 1..5 tokens each (right-padded)."""
     model, tok = tiny
+    left_pad, right_pad = pad
     texts = ["You watched Alien and Heat.", "History: Toy Story (1995)\nPick one:", "Hi"]
     prompts = [tok(t)["input_ids"] + [5, 7, 11][: i + 1] for i, t in enumerate(texts)]
     g = torch.Generator().manual_seed(1)
