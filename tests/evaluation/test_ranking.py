@@ -45,6 +45,15 @@ def test_scores_equal_full_sequence(tiny, case, method):
     assert torch.equal(scores.argmax(-1), ref.argmax(-1))
 
 
+def test_packed_mask_also_works_with_eager_attention(tiny, case, monkeypatch):
+    """The 4D mask is additive (0 / dtype min), which eager attention adds and SDPA accepts alike."""
+    model, _ = tiny
+    inputs, _, _ = case
+    sdpa = score_candidates(model, **inputs)
+    monkeypatch.setattr(model.config, "_attn_implementation", "eager")
+    torch.testing.assert_close(score_candidates(model, **inputs), sdpa, atol=1e-4, rtol=1e-5)
+
+
 def test_length_normalize_is_mean_per_token(tiny, case):
     model, _ = tiny
     inputs, _, cands = case

@@ -73,7 +73,7 @@ def _check_shapes(inputs_embeds: Tensor, attention_mask: Tensor, cand_ids: Tenso
 @torch.no_grad()
 def score_candidates(model: nn.Module, *, inputs_embeds: Tensor, attention_mask: Tensor, cand_input_ids: Tensor,
                      cand_attention_mask: Tensor, length_normalize: bool = False, method: str = "packed",
-                     head_chunk: int = 2048) -> Tensor:
+                     head_chunk: int = 1024) -> Tensor:
     """Summed (or per-token mean) log-likelihood of each candidate segment after its prompt.
 
     inputs_embeds [B, T, D] (LEFT-padded prompt), attention_mask [B, T], cand_input_ids / cand_attention_mask
