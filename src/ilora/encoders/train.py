@@ -1,7 +1,7 @@
-"""Train, test and save one encoder; `ensure_encoder` trains only when no cached artefact exists.
+"""Train, select on val, test and save one encoder (used by `ilora-train-encoder` and `io.ensure_encoder`).
 
 The recipe (`lr`, `weight_decay`, `batch_size`, `max_epochs`, `patience`, `monitor`) lives in the encoder
-config's `train` block (conf/encoder/<name>.yaml) so that `ensure_encoder`, called by the LLM stage with
+config's `train` block (conf/encoder/<name>.yaml) so that `io.ensure_encoder`, called by the LLM stage with
 only that config, trains exactly what `ilora-train-encoder` would. Model selection: EarlyStopping and
 ModelCheckpoint on `val/hr@1` over the fixed 20-candidate val lists; the best weights are reloaded (a
 temporary weights-only Lightning checkpoint, read with `torch.load(weights_only=True)`) before testing and
@@ -16,7 +16,6 @@ import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -26,10 +25,10 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from ilora.data.datasets import load_dataset
 from ilora.encoders.base import SequentialEncoder
 from ilora.encoders.batches import eval_tensors, loader, train_tensors
-from ilora.encoders.io import CONFIG, WEIGHTS, read_config, save_encoder
+from ilora.encoders.io import save_encoder
 from ilora.encoders.module import EncoderModule, EpochPrinter
 from ilora.encoders.registry import build_from_config
-from ilora.errors import CheckpointError, ConfigError
+from ilora.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -87,6 +86,7 @@ def train_encoder(
               f"{data.num_items} items, {sum(p.numel() for p in encoder.parameters())} parameters", flush=True)
     _quiet_lightning()
     started = time.perf_counter()
+    train_loader = loader(train, recipe.batch_size, shuffle=True, seed=seed)
     with tempfile.TemporaryDirectory(prefix="ilora-encoder-ckpt-") as ckpt_dir:
         checkpoint = ModelCheckpoint(dirpath=ckpt_dir, monitor=recipe.monitor, mode="max", save_top_k=1,
                                      save_weights_only=True)
@@ -97,10 +97,9 @@ def train_encoder(
         trainer = L.Trainer(
             accelerator=accelerator, devices=1, max_epochs=recipe.max_epochs, callbacks=callbacks, logger=logger,
             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, deterministic=True,
-            log_every_n_steps=50,
+            log_every_n_steps=min(50, len(train_loader)),
         )
-        trainer.fit(module, loader(train, recipe.batch_size, shuffle=True, seed=seed),
-                    loader(val, 1024, shuffle=False))
+        trainer.fit(module, train_loader, loader(val, 1024, shuffle=False))
         best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
         module.load_state_dict(best["state_dict"])
         best_epoch = int(best["epoch"])
@@ -115,32 +114,3 @@ def train_encoder(
                   "best_epoch": best_epoch, "epochs_run": trainer.current_epoch, "seconds": round(seconds, 1)}
     save_encoder(encoder, out_dir, dataset=data_name, metrics=metrics, train=train_info)
     return metrics, encoder.eval()
-
-
-def ensure_encoder(
-    data_dir: str | os.PathLike, data_name: str, encoder_cfg: Mapping[str, Any], out_dir: str | os.PathLike,
-    seed: int = 0,
-) -> Path:
-    """Path of a trained encoder in `out_dir`, training it first when `config.json` / weights are missing.
-
-    A cached artefact must match the request (dataset, encoder name, architecture); otherwise CheckpointError
-    says which setting differs, rather than silently reusing or overwriting it.
-    """
-    out = Path(out_dir)
-    encoder_cfg = dict(encoder_cfg)
-    if not (out / CONFIG).is_file() or not (out / WEIGHTS).is_file():
-        train_encoder(data_dir=data_dir, data_name=data_name, encoder_cfg=encoder_cfg, out_dir=out, seed=seed)
-        return out
-    config = read_config(out)
-    wanted = {"dataset": data_name, "name": encoder_cfg.get("name")}
-    wanted_arch = build_from_config(encoder_cfg, config["num_items"]).hparams()
-    for key, value in [*wanted.items(), *(("hparams." + k, v) for k, v in wanted_arch.items())]:
-        have = config["hparams"].get(key[8:]) if key.startswith("hparams.") else config.get(key)
-        if have != value:
-            raise CheckpointError(
-                f"{out / CONFIG}: cached encoder has {key}={have!r} but {value!r} was requested; delete {out} "
-                f"or choose another output directory"
-            )
-    return out
-
-
