@@ -31,7 +31,7 @@ from ilora.adapters.gates import gate_entropy, load_balancing_loss
 from ilora.errors import CheckpointError, ConfigError
 from ilora.evaluation.generation import generate_answers, generation_metrics, parse_choice
 from ilora.evaluation.ranking import score_candidates
-from ilora.metrics import bootstrap_ci, ranking_metrics
+from ilora.metrics import bootstrap_ci, per_example_hits, ranking_metrics
 from ilora.projector import ItemProjector
 
 EVAL_DEFAULTS = {"rank": True, "generate": True, "length_normalize": False, "max_new_tokens": 64}
@@ -336,8 +336,7 @@ def summarize(records: list[dict[str, Any]], prefix: str = "") -> dict[str, floa
         scores = torch.tensor([r["scores"] for r in records])
         for name, value in ranking_metrics(scores, target_index, ks=(1, 5, 10)).items():
             metrics[f"{prefix}rank_{name}"] = float(value)
-        hits = (scores.argmax(-1) == target_index).float()
-        low, high = bootstrap_ci(hits)
+        low, high = bootstrap_ci(per_example_hits(scores, target_index, 1))
         metrics[f"{prefix}rank_hr@1_ci_low"], metrics[f"{prefix}rank_hr@1_ci_high"] = float(low), float(high)
     if "choice" in records[0]:
         choices = torch.tensor([r["choice"] for r in records])

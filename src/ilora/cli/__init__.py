@@ -22,5 +22,14 @@ def project_root() -> str:
     return str(root if CONFIG_DIR.is_dir() else Path.cwd())
 
 
+def cpu_precision() -> str:
+    """bf16 autocast only where the CPU runs bf16 natively (avx512_bf16); elsewhere it is emulated and ~25x slower."""
+    from ilora.backbones import cpu_has_avx512_bf16  # lazy: transformers only when a config asks
+
+    return "bf16-mixed" if cpu_has_avx512_bf16() else "32-true"
+
+
 if not OmegaConf.has_resolver("ilora_root"):
     OmegaConf.register_new_resolver("ilora_root", project_root)
+if not OmegaConf.has_resolver("ilora_cpu_precision"):
+    OmegaConf.register_new_resolver("ilora_cpu_precision", cpu_precision)
