@@ -73,7 +73,7 @@ class Recommender(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters({"run_config": dict(run_config or {})})
-        self.backbone = backbone
+        self.backbone = backbone.train()  # adapter dropout on in training; frozen weights are unaffected
         self.tokenizer = tokenizer
         self.encoder = encoder.eval().requires_grad_(False)
         self.adapter_cfg = dict(adapter)

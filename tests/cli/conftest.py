@@ -28,6 +28,7 @@ TINY = [
     "trainer.precision=32-true",
     "trainer.max_epochs=1",
     "trainer.max_steps=4",
+    "trainer.limit_train_batches=4",
     "trainer.enable_progress_bar=false",
     "data.batch_size=4",
     "data.eval_batch_size=4",
@@ -45,7 +46,7 @@ TINY = [
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("data") / "tiny"
-    make_tiny_dataset(directory, num_items=40, num_users=30, seed=0)
+    make_tiny_dataset(directory, num_items=40, num_users=60, seed=0)
     return directory
 
 
@@ -70,7 +71,7 @@ def compose_config(name: str, overrides: list[str], out_dir: Path) -> DictConfig
 
 
 @pytest.fixture
-def compose():
+def compose_cfg():
     """`compose(name, overrides, out_dir) -> cfg` with HydraConfig set, as a running CLI would have it."""
     return compose_config
 

@@ -38,11 +38,11 @@ def test_checkpoint_holds_only_trainable_tensors(train_cfg):
     assert not any(k.startswith(("encoder.", "backbone.model.embed_tokens")) for k in ckpt["state_dict"])
 
 
-def test_eval_from_checkpoint_reproduces_train_time_test_metrics(train_cfg, compose, tmp_path):
+def test_eval_from_checkpoint_reproduces_train_time_test_metrics(train_cfg, compose_cfg, tmp_path):
     cfg = train_cfg("test_ckpt=last")
     metrics, _ = train(cfg)
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-    eval_cfg = compose(
+    eval_cfg = compose_cfg(
         "eval", [f"ckpt_path={ckpt}", "trainer.precision=32-true", "logger=none"], tmp_path / "eval"
     )
     eval_metrics, _ = evaluate(eval_cfg)
