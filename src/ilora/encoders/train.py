@@ -96,7 +96,7 @@ def train_encoder(
         logger = L.pytorch.loggers.CSVLogger(log_dir, name="", version="") if log_dir else False
         trainer = L.Trainer(
             accelerator=accelerator, devices=1, max_epochs=recipe.max_epochs, callbacks=callbacks, logger=logger,
-            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, deterministic=True,
+            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, deterministic="warn",
             log_every_n_steps=min(50, len(train_loader)),
         )
         trainer.fit(module, train_loader, loader(val, 1024, shuffle=False))
