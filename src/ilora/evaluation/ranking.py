@@ -15,6 +15,8 @@ The last token of a segment predicts nothing we score, so only the first L-1 tok
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -60,6 +62,11 @@ def _decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     return decoder, head
 
 
+def _cache_kwarg(decoder: nn.Module) -> str:
+    """transformers 5.2x renamed the decoder's `past_key_values` argument to `cache`; accept either."""
+    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+
+
 def _check_shapes(inputs_embeds: Tensor, attention_mask: Tensor, cand_ids: Tensor, cand_mask: Tensor) -> None:
     B, T = inputs_embeds.shape[:2]
     if inputs_embeds.dim() != 3 or tuple(attention_mask.shape) != (B, T):
@@ -90,7 +97,8 @@ def score_candidates(model: nn.Module, *, inputs_embeds: Tensor, attention_mask:
 
     out = decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                   position_ids=prompt_position_ids(attention_mask), use_cache=True)
-    cache = out.cache
+    cache_arg = _cache_kwarg(decoder)
+    cache = getattr(out, cache_arg)
     first = F.log_softmax(head(out.last_hidden_state[:, -1]).float(), dim=-1)  # [B, V]
     token_lp = torch.zeros(B, C, L, dtype=torch.float32, device=device)
     token_lp[:, :, 0] = first.gather(-1, cand_ids[:, :, 0])  # [B, C]
@@ -106,7 +114,7 @@ def score_candidates(model: nn.Module, *, inputs_embeds: Tensor, attention_mask:
                 inputs_embeds=embeds.reshape(B, C * (L - 1), -1),
                 attention_mask=_packed_block_mask(attention_mask, seg_mask, inputs_embeds.dtype),
                 position_ids=(start[:, None] + offsets.repeat(C)[None]),  # [B, C*(L-1)]
-                cache=cache, use_cache=True,
+                use_cache=True, **{cache_arg: cache},
             ).last_hidden_state.reshape(B, C, L - 1, -1)
         else:
             cache.batch_repeat_interleave(C)
@@ -114,7 +122,7 @@ def score_candidates(model: nn.Module, *, inputs_embeds: Tensor, attention_mask:
                 inputs_embeds=embeds.reshape(B * C, L - 1, -1),
                 attention_mask=torch.cat([attention_mask.repeat_interleave(C, 0), seg_mask.reshape(B * C, -1)], -1),
                 position_ids=(start.repeat_interleave(C)[:, None] + offsets[None]),  # [B*C, L-1]
-                cache=cache, use_cache=True,
+                use_cache=True, **{cache_arg: cache},
             ).last_hidden_state.reshape(B, C, L - 1, -1)
         token_lp[:, :, 1:][scored] = _token_logprobs(head, hidden[scored], cand_ids[:, :, 1:][scored], head_chunk)
 
