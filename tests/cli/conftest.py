@@ -70,6 +70,11 @@ def compose_config(name: str, overrides: list[str], out_dir: Path) -> DictConfig
     return cfg
 
 
+@pytest.fixture(scope="session")
+def shared_cache() -> Path:
+    return SHARED_CACHE
+
+
 @pytest.fixture
 def compose_cfg():
     """`compose(name, overrides, out_dir) -> cfg` with HydraConfig set, as a running CLI would have it."""
