@@ -19,22 +19,24 @@ class GateMonitor(Callback):
 
     The users are the first `num_users` examples of the evaluation split (by index), so the heatmaps of
     successive validations compare like with like. Scalars go to every logger; the histogram and the
-    image go to W&B only (other loggers get the scalars).
+    image go to W&B only. It runs at `on_validation_end`, after the module has gathered the epoch's records
+    (callbacks' `on_validation_epoch_end` runs before the module's), so it writes to the loggers directly.
     """
 
     def __init__(self, *, num_users: int = 16) -> None:
         self.num_users = num_users
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
             return
         result = getattr(pl_module, "eval_results", {}).get("val")
         if not result or "gate" not in result["records"][0]:
             return
         gates = torch.tensor([r["gate"] for r in result["records"]])  # [N, K]
         utilisation = torch.bincount(gates.argmax(-1), minlength=gates.shape[1]).float() / gates.shape[0]
-        for k, share in enumerate(utilisation):
-            pl_module.log(f"val/expert_{k}_top_share", share)
+        shares = {f"val/expert_{k}_top_share": float(share) for k, share in enumerate(utilisation)}
+        for logger in trainer.loggers:
+            logger.log_metrics(shares, step=trainer.global_step)
         for logger in _wandb_loggers(trainer):
             self._log_wandb(logger, gates, utilisation, trainer.global_step)
 

@@ -70,6 +70,43 @@ def compose_config(name: str, overrides: list[str], out_dir: Path) -> DictConfig
     return cfg
 
 
+def wandb_history_keys(run_file: Path) -> set[str]:
+    """Keys logged to history in an offline `.wandb` file (a LevelDB-style log of protobuf `Record`s)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data, block, pos = run_file.read_bytes(), 32768, 7  # 7-byte file header ':W&B' + magic + version
+    records, chunk = [], b""
+    while pos + 7 <= len(data):
+        room = block - pos % block
+        if room < 7:
+            pos += room
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        pos += 7
+        if length == 0 and kind == 0:  # block padding
+            pos += room - 7
+            continue
+        chunk += data[pos : pos + length]
+        pos += length
+        if kind in (1, 4):  # FULL or LAST fragment
+            records.append(chunk)
+            chunk = b""
+    keys: set[str] = set()
+    for raw in records:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(raw)
+        if record.WhichOneof("record_type") == "history":
+            keys |= {item.key or "/".join(item.nested_key) for item in record.history.item}
+    return keys
+
+
+@pytest.fixture(scope="session")
+def wandb_keys():
+    return wandb_history_keys
+
+
 @pytest.fixture(scope="session")
 def shared_cache() -> Path:
     return SHARED_CACHE
