@@ -40,7 +40,7 @@ class Recipe:
     batch_size: int = 256
     max_epochs: int = 50
     patience: int = 5
-    monitor: str = "val/hr@1"
+    monitor: str = "val/hr@1"  # any logged val metric; names ending in "loss" are minimised
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> Recipe:
@@ -88,9 +88,10 @@ def train_encoder(
     started = time.perf_counter()
     train_loader = loader(train, recipe.batch_size, shuffle=True, seed=seed)
     with tempfile.TemporaryDirectory(prefix="ilora-encoder-ckpt-") as ckpt_dir:
-        checkpoint = ModelCheckpoint(dirpath=ckpt_dir, monitor=recipe.monitor, mode="max", save_top_k=1,
+        mode = "min" if recipe.monitor.endswith("loss") else "max"
+        checkpoint = ModelCheckpoint(dirpath=ckpt_dir, monitor=recipe.monitor, mode=mode, save_top_k=1,
                                      save_weights_only=True)
-        callbacks = [checkpoint, EarlyStopping(monitor=recipe.monitor, mode="max", patience=recipe.patience)]
+        callbacks = [checkpoint, EarlyStopping(monitor=recipe.monitor, mode=mode, patience=recipe.patience)]
         if verbose:
             callbacks.append(EpochPrinter(tag))
         logger = L.pytorch.loggers.CSVLogger(log_dir, name="", version="") if log_dir else False
@@ -103,8 +104,9 @@ def train_encoder(
         best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
         module.load_state_dict(best["state_dict"])
         best_epoch = int(best["epoch"])
-    metrics = {k: float(v) for k, v in trainer.validate(module, loader(val, 1024, shuffle=False), verbose=False)[0].items()}
-    metrics.update({k: float(v) for k, v in trainer.test(module, loader(test, 1024, shuffle=False), verbose=False)[0].items()})
+    metrics: dict[str, float] = {}
+    for run, tensors in ((trainer.validate, val), (trainer.test, test)):
+        metrics.update({k: float(v) for k, v in run(module, loader(tensors, 1024, shuffle=False), verbose=False)[0].items()})
     seconds = time.perf_counter() - started
     if verbose:
         print(f"{tag}best epoch {best_epoch}: val/hr@1 {metrics['val/hr@1']:.4f}  test/hr@1 {metrics['test/hr@1']:.4f}"
