@@ -19,7 +19,6 @@ def _seed():
 @pytest.fixture(scope="session")
 def tiny():
     """A tiny Llama whose weights are large enough (init std 0.2) that positions and masks change the scores."""
-    torch.set_num_threads(1)
     return load_backbone("tiny_random", dtype="float32", seed=3, initializer_range=0.2)
 
 
