@@ -89,6 +89,7 @@ class Recommender(pl.LightningModule):
         self.strict_loading = False  # the frozen backbone/encoder are not in our checkpoints
         self.eval_results: dict[str, dict[str, Any]] = {}
         self._eval_records: list[dict[str, Any]] = []
+        self._resumed_rng_state: Tensor | None = None
 
     # ----------------------------------------------------------------- construction
     def _apply_adapter(self, cfg: dict[str, Any]) -> int:
@@ -159,6 +160,9 @@ class Recommender(pl.LightningModule):
 
     # ----------------------------------------------------------------- training
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._resumed_rng_state is not None:  # continue the random stream (adapter dropout) where it stopped
+            torch.set_rng_state(self._resumed_rng_state)
+            self._resumed_rng_state = None
         datamodule = getattr(self.trainer, "datamodule", None)
         if self.curriculum and datamodule is not None and hasattr(datamodule, "hybrid_probability"):
             total = max(int(self.trainer.estimated_stepping_batches), 1)
@@ -307,6 +311,7 @@ class Recommender(pl.LightningModule):
         keep = self.trainable_state_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         checkpoint["ilora_format"] = 1
+        checkpoint["torch_rng_state"] = torch.get_rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("state_dict")
@@ -320,6 +325,7 @@ class Recommender(pl.LightningModule):
                 f"checkpoint does not fit this model (different backbone/adapter/gate?): "
                 f"{len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
             )
+        self._resumed_rng_state = checkpoint.get("torch_rng_state")
         for key, shape in expected.items():
             if tuple(state[key].shape) != tuple(shape):
                 raise CheckpointError(

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import lightning.pytorch as pl
 from omegaconf import DictConfig, OmegaConf
 
 from ilora.backbones import load_backbone
@@ -90,6 +91,9 @@ def build_all(cfg: DictConfig) -> dict[str, Any]:
     encoder = build_encoder(cfg)
     backbone, tokenizer = build_backbone(cfg)
     datamodule.set_tokenizer(tokenizer)
+    # Seed right before the trainable tensors are created: whether the encoder was trained now or read from
+    # the cache must not change the adapters' initialisation (a resumed run relies on it).
+    pl.seed_everything(int(cfg.get("seed", 0)), workers=True)
     model = build_model(cfg, backbone=backbone, tokenizer=tokenizer, encoder=encoder)
     return {"datamodule": datamodule, "model": model, "encoder": encoder, "tokenizer": tokenizer}
 

@@ -56,11 +56,19 @@ class PromptExamples(Dataset):
 
 
 class EpochSampler(DistributedSampler):
-    """Seeded shuffle per epoch (shard by rank) that yields `(epoch, index)` pairs."""
+    """Seeded shuffle per epoch (shard by rank) that yields `(epoch, index)` pairs.
+
+    `skip` (a callable giving a number of examples) lets a run resumed in the middle of an epoch continue
+    with the examples it had not seen, so it ends with the same weights as an uninterrupted run.
+    """
+
+    def __init__(self, *args: Any, skip: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.skip = skip
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch = self.epoch
-        return ((epoch, i) for i in super().__iter__())
+        epoch, start = self.epoch, int(self.skip()) if self.skip else 0
+        return ((epoch, i) for i in list(super().__iter__())[start:])
 
 
 class RecDataModule(L.LightningDataModule):
@@ -193,6 +201,18 @@ class RecDataModule(L.LightningDataModule):
             text_only=self.hparams.text_only, hybrid_probability=self._hybrid_probability,
         )
 
+    def _resume_offset(self) -> int:
+        """Examples of the current epoch already trained on (non-zero only when resuming mid-epoch).
+
+        Lightning restores the epoch loop's batch progress before it iterates the train loader, so the
+        completed-batch count of the epoch is known when the sampler starts.
+        """
+        trainer = self.trainer
+        if trainer is None:
+            return 0
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        return done * self.per_device("batch_size")
+
     def _world(self) -> tuple[int, int]:
         trainer = self.trainer
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
@@ -213,7 +233,7 @@ class RecDataModule(L.LightningDataModule):
         sampler = None
         if train:
             sampler = EpochSampler(self.datasets[split], num_replicas=world, rank=rank, shuffle=True,
-                                   seed=self.hparams.seed)
+                                   seed=self.hparams.seed, skip=self._resume_offset)
             sampler.set_epoch(self._epoch)
             self._sampler = sampler
         return DataLoader(
