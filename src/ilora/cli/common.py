@@ -61,6 +61,13 @@ def exit_on_user_error(main: Callable[[], Any]) -> Callable[[], Any]:
     return wrapped
 
 
+def is_rank_zero() -> bool:
+    """True in the launching process (ranks > 0 of a multi-process run must not write run files)."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
 def write_json(path: str | Path, payload: Mapping[str, Any]) -> None:
     """Write JSON atomically (temp file, then rename) so a crash never leaves half a file."""
     path = Path(path)

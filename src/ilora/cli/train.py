@@ -14,7 +14,7 @@ import lightning.pytorch as pl
 from omegaconf import DictConfig, OmegaConf
 
 from ilora.cli import CONFIG_DIR
-from ilora.cli.common import flat_metrics, task_wrapper, write_json
+from ilora.cli.common import flat_metrics, is_rank_zero, task_wrapper, write_json
 from ilora.cli.components import build_all, instantiate_list
 from ilora.cli.runs import continue_wandb_run, report_failure, resolve_ckpt_path, run_mode_is_multirun
 from ilora.errors import IloraError
@@ -26,7 +26,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     start = time.time()
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+    if is_rank_zero():
+        OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
     pl.seed_everything(int(cfg.seed), workers=True)
 
     ckpt_path = resolve_ckpt_path(cfg)
@@ -49,8 +50,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         metrics.update(result["metrics"])
     metrics["trainable_parameters"] = float(trainable)
     metrics["wall_time_s"] = time.time() - start
-    write_json(out_dir / "metrics.json", metrics)
-    write_json(out_dir / "status.json", {"status": "completed"})
+    if trainer.is_global_zero:
+        write_json(out_dir / "metrics.json", metrics)
+        write_json(out_dir / "status.json", {"status": "completed"})
     return metrics, {"trainer": trainer, **parts}
 
 

@@ -208,7 +208,7 @@ class RecDataModule(L.LightningDataModule):
         completed-batch count of the epoch is known when the sampler starts.
         """
         trainer = self.trainer
-        if trainer is None:
+        if trainer is None or not trainer.training:  # only the fit loop's own iteration resumes mid-epoch
             return 0
         done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
         return done * self.per_device("batch_size")
