@@ -18,8 +18,8 @@ def test_ddp_cpu_gathers_each_test_user_once(tiny_data_dir, encoder_cache, share
         "test_ckpt=last",
     ]
     run_dir = tmp_path / "ddp"
-    code = "import sys; from ilora.cli.train import main; sys.argv[0] = 'ilora-train'; main()"
-    done = subprocess.run([sys.executable, "-c", code, "trainer=ddp_cpu", f"hydra.run.dir={run_dir}", *common],
+    script = Path(sys.executable).with_name("ilora-train")  # Lightning relaunches rank 1 from the real script
+    done = subprocess.run([str(script), "trainer=ddp_cpu", f"hydra.run.dir={run_dir}", *common],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
