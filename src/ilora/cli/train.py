@@ -15,8 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from ilora.cli import CONFIG_DIR
 from ilora.cli.common import flat_metrics, is_rank_zero, task_wrapper, write_json
-from ilora.cli.components import build_all, instantiate_list
+from ilora.cli.components import build_all, encoder_dir, instantiate_list
 from ilora.cli.runs import continue_wandb_run, report_failure, resolve_ckpt_path, run_mode_is_multirun
+from ilora.cli.summary import summary_table
 from ilora.errors import IloraError
 
 
@@ -53,6 +54,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if trainer.is_global_zero:
         write_json(out_dir / "metrics.json", metrics)
         write_json(out_dir / "status.json", {"status": "completed"})
+        print(summary_table(metrics, encoder_dir(cfg), cfg.encoder.name))
     return metrics, {"trainer": trainer, **parts}
 
 
