@@ -139,6 +139,9 @@ class Recommender(pl.LightningModule):
             return None
         with torch.no_grad():
             z = self.encoder.user_state(batch["history"], batch["history_len"])  # [B, D_rec]
+        num_users = getattr(self.gate, "num_users", None)  # the random-guidance ablation keys on the example row
+        if num_users:
+            return self.gate(z.float(), user_index=batch["index"] % num_users)
         return self.gate(z.float())
 
     def gated(self, gate: Tensor | None) -> contextlib.AbstractContextManager:

@@ -7,6 +7,7 @@ from typing import Any
 
 import hydra
 import lightning.pytorch as pl
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ilora.backbones import load_backbone
@@ -27,6 +28,17 @@ def validate_config(cfg: DictConfig) -> None:
             raise ConfigError(f"adapter.rank={rank} must be >= 1")
         if rank % experts:
             raise ConfigError(f"adapter.num_experts={experts} does not divide adapter.rank={rank}")
+    accelerator = OmegaConf.select(cfg, "trainer.accelerator", default="cpu")
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} but no CUDA GPU is visible; this run needs a GPU (or use trainer=cpu)"
+        )
+    backbone_path = OmegaConf.select(cfg, "backbone.path", throw_on_missing=False)
+    if OmegaConf.select(cfg, "backbone.kind") == "hf" and (
+        OmegaConf.is_missing(cfg.backbone, "path") or not backbone_path or not Path(backbone_path).is_dir()
+    ):
+        shown = "??? (not set)" if OmegaConf.is_missing(cfg.backbone, "path") else backbone_path
+        raise ConfigError(f"backbone.path={shown} is not a local model directory (e.g. backbone.path=/models/Llama-2-7b-hf)")
     if OmegaConf.select(cfg, "ckpt_path") not in (None, "last") and not Path(cfg.ckpt_path).is_file():
         raise ConfigError(f"ckpt_path={cfg.ckpt_path} does not exist")
 
@@ -58,8 +70,12 @@ def build_backbone(cfg: DictConfig):
     return load_backbone(**options)
 
 
-def build_model(cfg: DictConfig, *, backbone, tokenizer, encoder) -> Recommender:
-    gate = hydra.utils.instantiate(cfg.gate) if cfg.get("gate") else None
+def build_model(cfg: DictConfig, *, backbone, tokenizer, encoder, num_train_examples: int | None = None) -> Recommender:
+    gate_cfg = cfg.get("gate")
+    if gate_cfg is not None and "num_users" in gate_cfg and gate_cfg.num_users is None:
+        # the random-guidance ablation: one learned random embedding per example row
+        gate_cfg = OmegaConf.merge(gate_cfg, {"num_users": int(num_train_examples or 1)})
+    gate = hydra.utils.instantiate(gate_cfg) if gate_cfg else None
     model_cfg = cfg.model
     return Recommender(
         backbone=backbone,
@@ -94,7 +110,8 @@ def build_all(cfg: DictConfig) -> dict[str, Any]:
     # Seed right before the trainable tensors are created: whether the encoder was trained now or read from
     # the cache must not change the adapters' initialisation (a resumed run relies on it).
     pl.seed_everything(int(cfg.get("seed", 0)), workers=True)
-    model = build_model(cfg, backbone=backbone, tokenizer=tokenizer, encoder=encoder)
+    num_train = len(datamodule.load().splits["train"]) if "train" in datamodule.load().splits else None
+    model = build_model(cfg, backbone=backbone, tokenizer=tokenizer, encoder=encoder, num_train_examples=num_train)
     return {"datamodule": datamodule, "model": model, "encoder": encoder, "tokenizer": tokenizer}
 
 
