@@ -29,6 +29,13 @@ def cpu_precision() -> str:
     return "bf16-mixed" if cpu_has_avx512_bf16() else "32-true"
 
 
+def wandb_offline() -> bool:
+    """W&B stays offline unless the user asked for WANDB_MODE=online (then `wandb login` credentials apply)."""
+    return os.environ.get("WANDB_MODE", "offline") != "online"
+
+
+if not OmegaConf.has_resolver("ilora_wandb_offline"):
+    OmegaConf.register_new_resolver("ilora_wandb_offline", wandb_offline)
 if not OmegaConf.has_resolver("ilora_root"):
     OmegaConf.register_new_resolver("ilora_root", project_root)
 if not OmegaConf.has_resolver("ilora_cpu_precision"):
