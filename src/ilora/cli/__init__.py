@@ -5,6 +5,7 @@ no hub lookups (nothing here can reach one), W&B offline unless WANDB_MODE says 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -12,6 +13,11 @@ from omegaconf import OmegaConf
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Intentional states that Lightning warns about on every run: the frozen encoder stays in eval mode, and a
+# deprecation inside Lightning's own pytree helper that users cannot act on.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 CONFIG_DIR = Path(__file__).resolve().parents[3] / "conf"
 
