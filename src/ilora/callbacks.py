@@ -1,13 +1,16 @@
-"""Lightning callbacks for what researchers watch: expert use per user, and W&B runs that survive a resume."""
+"""Lightning callbacks for what researchers watch (expert use per user) and for runs that survive interruption
+(a checkpoint on SIGTERM, W&B runs that continue on resume)."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
 def _wandb_loggers(trainer: pl.Trainer) -> list[WandbLogger]:
@@ -82,3 +85,21 @@ class WandbRunId(Callback):
         loggers = _wandb_loggers(trainer)
         if loggers:
             checkpoint["wandb_run_id"] = str(loggers[0].version)
+
+
+class CheckpointOnSigterm(Callback):
+    """On SIGTERM during fit, save `<dirpath>/<filename>.ckpt` (default `last.ckpt`) before the process exits.
+
+    Lightning's signal connector notes the SIGTERM and raises `SIGTERMException` at the end of the current
+    training batch; its `on_exception` hook reaches every callback, and this one writes a full resumable
+    checkpoint there (through the trainer's CheckpointIO, so atomically). Other exceptions save nothing: the
+    last periodic checkpoint stays the last good one. Unlike Lightning's `OnExceptionCheckpoint`, the file
+    is kept at teardown.
+    """
+
+    def __init__(self, *, dirpath: str, filename: str = "last") -> None:
+        self.path = os.path.join(dirpath, f"{filename}.ckpt")
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
+            trainer.save_checkpoint(self.path)

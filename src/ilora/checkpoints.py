@@ -1,11 +1,14 @@
-"""Reading our Lightning checkpoints safely (tensors and plain containers only, never pickled code)."""
+"""Reading and writing our Lightning checkpoints safely: tensors and plain containers only (never pickled
+code), and every write atomic, so a crash during a save leaves the previous file whole."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 
 from ilora.errors import CheckpointError
 
@@ -31,3 +34,32 @@ def read_run_config(path: str | Path) -> dict[str, Any]:
     if not config:
         raise CheckpointError(f"checkpoint {path} carries no run_config: not written by ilora-train")
     return config
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning `CheckpointIO` whose local writes are atomic and whose loads never unpickle code.
+
+    A save goes to `<name>.tmp` in the same directory, is flushed to disk, then renamed over `<name>`
+    (`os.replace`, atomic on POSIX), so a kill mid-save leaves the old `last.ckpt` intact. Lightning's own
+    writer stages the file in the system temp directory and moves it, which is a plain copy (not atomic)
+    when that directory is on another filesystem. Remote URLs fall back to Lightning's writer.
+    Loads are `weights_only=True` whatever the caller asks.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".tmp")
+        with tmp.open("wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return super().load_checkpoint(path, map_location=map_location or (lambda storage, loc: storage),
+                                       weights_only=True)

@@ -28,11 +28,16 @@ from transformers import get_cosine_schedule_with_warmup
 
 from ilora.adapters import apply_moe_lora, gate_context
 from ilora.adapters.gates import gate_entropy, load_balancing_loss
-from ilora.errors import CheckpointError, ConfigError
+from ilora.errors import CheckpointError, ConfigError, IloraError
 from ilora.evaluation.generation import generate_answers, generation_metrics, parse_choice
 from ilora.evaluation.ranking import score_candidates
 from ilora.metrics import bootstrap_ci, per_example_hits, ranking_metrics
 from ilora.projector import ItemProjector
+
+
+class NonFiniteLossError(IloraError):
+    """The training loss became NaN/inf: the run stops before that step's update (no checkpoint is written)."""
+
 
 EVAL_DEFAULTS = {"rank": True, "generate": True, "length_normalize": False, "max_new_tokens": 64}
 
@@ -80,6 +85,8 @@ class Recommender(pl.LightningModule):
         self.num_experts = self._apply_adapter(self.adapter_cfg)
         self.gate = self._build_gate(gate) if self.num_experts > 1 else None
         self.projector = ItemProjector(in_dim=encoder.hidden_dim, out_dim=backbone.config.hidden_size)
+        if self.num_experts == 0:  # adapter=none: the zero-shot frozen LLM trains nothing, not even the projector
+            self.projector.requires_grad_(False)
         self.optimizer_factory = optimizer
         self.scheduler_cfg = dict(scheduler) if scheduler else None
         self.lr_multipliers = {"projector": 1.0, "gate": 1.0, **(lr_multipliers or {})}
@@ -184,8 +191,11 @@ class Recommender(pl.LightningModule):
             self.log("train/gate_entropy", gate_entropy(gate).mean(), batch_size=batch_size)
             for k, w in enumerate(gate.detach().mean(0)):
                 self.log(f"train/expert_{k}_weight", w, batch_size=batch_size)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss {loss.item()} at global step {self.global_step}")
+        if not torch.isfinite(loss):  # stop before backward: the weights and the last checkpoint stay finite
+            raise NonFiniteLossError(
+                f"non-finite training loss {loss.item()} at global step {self.global_step} "
+                f"(epoch {self.current_epoch}, batch {batch_idx}); lower model.optimizer.lr or check the data"
+            )
         return loss
 
     def configure_optimizers(self) -> Any:

@@ -11,6 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ilora.backbones import load_backbone
+from ilora.data.candidates import check_num_candidates
 from ilora.data.datasets import load_dataset
 from ilora.encoders.io import ensure_encoder, load_encoder
 from ilora.errors import ConfigError
@@ -49,8 +50,20 @@ def encoder_dir(cfg: DictConfig) -> Path:
 
 def build_datamodule(cfg: DictConfig):
     """The DataModule, with the dataset checked on disk now (one clear error names the bad file)."""
-    load_dataset(cfg.data.dir)
+    data = load_dataset(cfg.data.dir)
+    num_candidates = OmegaConf.select(cfg, "data.num_candidates", default=None)
+    if isinstance(num_candidates, int):  # the catalogue must supply the negatives of every example
+        for split in data.splits.values():
+            worst = max((len(set(h) | {int(t)}) for h, t in zip(split.history, split.target.tolist())), default=0)
+            check_num_candidates(num_candidates, data.num_items, worst, f" in {cfg.data.dir}/{split.name}.parquet")
+    if is_zero_shot(cfg):  # nothing is trained, so no projector could map item embeddings: titles only
+        return hydra.utils.instantiate(cfg.data, text_only=True)
     return hydra.utils.instantiate(cfg.data)
+
+
+def is_zero_shot(cfg: DictConfig) -> bool:
+    """`adapter=none`: the frozen LLM on text-only prompts, evaluated without training."""
+    return OmegaConf.select(cfg, "adapter.kind", default="moe_lora") == "none"
 
 
 def build_encoder(cfg: DictConfig):
@@ -106,10 +119,15 @@ def build_all(cfg: DictConfig) -> dict[str, Any]:
     datamodule = build_datamodule(cfg)
     encoder = build_encoder(cfg)
     backbone, tokenizer = build_backbone(cfg)
-    datamodule.set_tokenizer(tokenizer)
+    # Prompts longer than the backbone's context lose their oldest history items (whole titles), unless
+    # data.max_prompt_tokens sets the limit; generation needs room for its new tokens too.
+    evaluation = OmegaConf.select(cfg, "model.evaluation", default=None) or {}
+    reserve = int(evaluation.get("max_new_tokens", 0)) if evaluation.get("generate", True) else 0
+    datamodule.set_tokenizer(tokenizer, context_tokens=getattr(backbone.config, "max_position_embeddings", None),
+                             reserve_tokens=reserve)
     # Seed right before the trainable tensors are created: whether the encoder was trained now or read from
     # the cache must not change the adapters' initialisation (a resumed run relies on it).
-    pl.seed_everything(int(cfg.get("seed", 0)), workers=True)
+    pl.seed_everything(int(cfg.get("seed", 0)), workers=True, verbose=False)
     num_train = len(datamodule.load().splits["train"]) if "train" in datamodule.load().splits else None
     model = build_model(cfg, backbone=backbone, tokenizer=tokenizer, encoder=encoder, num_train_examples=num_train)
     return {"datamodule": datamodule, "model": model, "encoder": encoder, "tokenizer": tokenizer}

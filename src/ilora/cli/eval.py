@@ -14,7 +14,7 @@ from ilora.checkpoints import read_run_config
 from ilora.cli import CONFIG_DIR
 from ilora.cli.common import task_wrapper, write_json
 from ilora.cli.components import build_all, instantiate_list
-from ilora.cli.runs import report_failure
+from ilora.cli.runs import check_checkpoint_fits, claim_run_dir, report_failure
 from ilora.errors import ConfigError, IloraError
 
 
@@ -36,10 +36,12 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if cfg.split not in ("test", "val"):
         raise ConfigError(f"split={cfg.split} must be test or val")
     run_cfg = model_config(cfg)
+    check_checkpoint_fits(run_cfg, cfg.ckpt_path)
     out_dir = Path(cfg.paths.output_dir)
+    claim_run_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(run_cfg, out_dir / "config.yaml")
-    pl.seed_everything(int(run_cfg.get("seed", 0)), workers=True)
+    pl.seed_everything(int(run_cfg.get("seed", 0)), workers=True, verbose=False)
     parts = build_all(run_cfg)
     trainer: pl.Trainer = hydra.utils.instantiate(
         cfg.trainer, logger=instantiate_list(cfg.get("logger")) or False, callbacks=[]

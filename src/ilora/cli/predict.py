@@ -16,7 +16,7 @@ from ilora.cli import CONFIG_DIR
 from ilora.cli.common import task_wrapper, write_json
 from ilora.cli.components import build_all
 from ilora.cli.eval import model_config
-from ilora.cli.runs import report_failure
+from ilora.cli.runs import check_checkpoint_fits, claim_run_dir, report_failure
 from ilora.errors import ConfigError, DataError, IloraError
 
 
@@ -55,6 +55,8 @@ def shortlist(encoder: torch.nn.Module, history: list[int], size: int, padding_i
 @task_wrapper
 def predict(cfg: DictConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     run_cfg = model_config(cfg)
+    check_checkpoint_fits(run_cfg, cfg.ckpt_path)
+    claim_run_dir(cfg.paths.output_dir)
     parts = build_all(run_cfg)
     model, datamodule = parts["model"], parts["datamodule"]
     checkpoint = read_checkpoint(cfg.ckpt_path)

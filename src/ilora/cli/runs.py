@@ -10,9 +10,53 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ilora.checkpoints import read_checkpoint
+from ilora.checkpoints import read_checkpoint, read_run_config
 from ilora.cli.common import write_json
-from ilora.errors import ConfigError, IloraError
+from ilora.errors import CheckpointError, ConfigError, IloraError
+
+# What a run writes into its directory; finding any of them there means the directory belongs to another run.
+RUN_FILES = ("status.json", "metrics.json", "config.yaml", "checkpoints", "predictions.json")
+# Config keys that decide the shapes and meaning of the trainable tensors; a checkpoint must agree on all of them.
+FIT_SECTIONS = {"backbone": ("cache_dir", "device", "dtype"), "adapter": ("alpha", "dropout", "scaling"),
+                "encoder": ("train",), "gate": ()}
+
+
+class RunDirInUse(ConfigError):
+    """The run directory already holds another run's files (which must stay untouched)."""
+
+
+def claim_run_dir(out_dir: str | Path) -> None:
+    """Refuse a directory that already holds a run: runs never share one, a resume writes beside the original."""
+    out_dir = Path(out_dir)
+    taken = [name for name in RUN_FILES if (out_dir / name).exists()]
+    if taken:
+        raise RunDirInUse(
+            f"paths.output_dir={out_dir} already holds a run ({', '.join(taken)}); runs never share a directory: "
+            "choose a new hydra.run.dir (resume with ckpt_path=..., which writes beside the original)"
+        )
+
+
+def check_checkpoint_fits(cfg: DictConfig, ckpt_path: str | None) -> None:
+    """Read `ckpt_path` now (missing/truncated: CheckpointError) and compare the model-defining config it was
+    trained with (backbone, adapter shape, encoder architecture, gate) to `cfg`, before anything heavy loads."""
+    if not ckpt_path:
+        return
+    stored = OmegaConf.create(read_run_config(ckpt_path))
+    for section, ignored in FIT_SECTIONS.items():
+        keys = set(OmegaConf.select(stored, section, default=None) or {}) | set(cfg.get(section) or {})
+        for key in sorted(keys - set(ignored)):
+            try:
+                theirs = OmegaConf.select(stored, f"{section}.{key}", default=None)
+                ours = OmegaConf.select(cfg, f"{section}.{key}", default=None)
+                theirs, ours = (OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+                                for v in (theirs, ours))
+            except Exception:  # noqa: BLE001 - an interpolation only the training machine resolves: not comparable
+                continue
+            if theirs != ours:
+                raise CheckpointError(
+                    f"checkpoint {ckpt_path} was trained with {section}.{key}={theirs!r}, this run has {ours!r}: "
+                    "it does not fit this model (use the same setting or another checkpoint)"
+                )
 
 
 def run_mode_is_multirun() -> bool:
@@ -44,7 +88,7 @@ def report_failure(cfg: DictConfig, error: BaseException) -> None:
     message = str(error) if isinstance(error, IloraError) else f"{type(error).__name__}: {error}"
     if isinstance(error, IloraError):
         print(f"error: {message}", file=sys.stderr)
-    if out:
+    if out and not isinstance(error, RunDirInUse):  # never write into another run's directory
         detail = "" if isinstance(error, IloraError) else traceback.format_exc()
         write_json(Path(out) / "status.json", {"status": "failed", "error": message, "traceback": detail})
 

@@ -5,20 +5,31 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning.pytorch as pl
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from ilora.cli import CONFIG_DIR
 from ilora.cli.common import flat_metrics, is_rank_zero, task_wrapper, write_json
 from ilora.cli.components import build_all, encoder_dir, instantiate_list
-from ilora.cli.runs import continue_wandb_run, report_failure, resolve_ckpt_path, run_mode_is_multirun
+from ilora.cli.runs import (
+    check_checkpoint_fits,
+    claim_run_dir,
+    continue_wandb_run,
+    report_failure,
+    resolve_ckpt_path,
+    run_mode_is_multirun,
+)
 from ilora.cli.summary import summary_table
 from ilora.errors import IloraError
+
+SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports it: the run stopped early, cleanly, and can resume
 
 
 @task_wrapper
@@ -26,12 +37,15 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit (unless nothing is trainable), test, and write metrics.json into the run directory."""
     start = time.time()
     out_dir = Path(cfg.paths.output_dir)
+    if is_rank_zero():
+        claim_run_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if is_rank_zero():
         OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
-    pl.seed_everything(int(cfg.seed), workers=True)
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
     ckpt_path = resolve_ckpt_path(cfg)
+    check_checkpoint_fits(cfg, ckpt_path)
     parts = build_all(cfg)
     model, datamodule = parts["model"], parts["datamodule"]
     continue_wandb_run(cfg, ckpt_path)
@@ -49,6 +63,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     metrics = {k: v for k, v in flat_metrics(trainer.callback_metrics).items() if k.startswith(("val/", "test/"))}
     for result in model.eval_results.values():  # the last epoch's full set, not a step value
         metrics.update(result["metrics"])
+    for split, count in datamodule.num_truncated.items():
+        metrics[f"data/{split}_prompts_truncated"] = float(count)
+        if count and trainer.is_global_zero:
+            print(f"[ilora] {count} {split} prompts exceeded {datamodule.prompt_token_limit} tokens "
+                  "(data.max_prompt_tokens or the backbone's context): their oldest history items were dropped")
     metrics["trainable_parameters"] = float(trainable)
     metrics["wall_time_s"] = time.time() - start
     if trainer.is_global_zero:
@@ -71,6 +90,12 @@ def _test_checkpoint(cfg: DictConfig, trainer: pl.Trainer) -> str | None:
 def _hydra_main(cfg: DictConfig) -> float | None:
     try:
         metrics, _ = train(cfg)
+    except SIGTERMException:  # Lightning stopped after the current batch; CheckpointOnSigterm saved last.ckpt
+        last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        if is_rank_zero():
+            write_json(Path(cfg.paths.output_dir) / "status.json", {"status": "interrupted", "resume": str(last)})
+        print(f"[ilora] SIGTERM: saved {last}; resume with ckpt_path={last}", file=sys.stderr)
+        raise SystemExit(SIGTERM_EXIT_CODE) from None
     except Exception as error:  # noqa: BLE001 - a sweep goes on past a crashing run
         report_failure(cfg, error)
         if run_mode_is_multirun():

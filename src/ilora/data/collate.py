@@ -54,7 +54,9 @@ class PromptCollator:
     `mode="eval"`: prompt only, left-padded (generation and KV-shared ranking), no `labels`.
     Both carry `cand_input_ids [B, C, Lc]` and the item slots `slot_batch/slot_pos/slot_items [S]`.
     `max_prompt_tokens`: drop the oldest history items (whole titles) until the prompt fits;
-    `num_truncated` counts the examples shortened so far.
+    `num_truncated` counts the examples shortened so far. When it is None and `context_tokens` (the
+    backbone's context length) is given, the limit is derived: the context minus the longest continuation,
+    i.e. max(longest answer segment, `reserve_tokens` for generation).
     """
 
     def __init__(
@@ -70,6 +72,8 @@ class PromptCollator:
         terminator: str | Sequence[int] | None = None,
         slot_token_id: int | None = None,
         max_prompt_tokens: int | None = None,
+        context_tokens: int | None = None,
+        reserve_tokens: int = 0,
         text_only: bool = False,
         hybrid_probability: float = 1.0,
     ) -> None:
@@ -102,6 +106,12 @@ class PromptCollator:
         self.title_ids = encode([" " + t for t in self.titles], True) if self.titles else []
         self.separator = encode([","], False)[0]
         self.parts = [encode(list(t.parts), False) for t in prompts.templates]
+        if self.max_prompt_tokens is None and context_tokens is not None:
+            longest = max(max(map(len, self.title_ids), default=0) + len(self.terminator), int(reserve_tokens))
+            self.max_prompt_tokens = int(context_tokens) - longest
+            if self.max_prompt_tokens < 1:
+                raise ConfigError(f"the backbone's context of {context_tokens} tokens leaves no room for a prompt "
+                                  f"after a {longest}-token answer; lower model.evaluation.max_new_tokens")
 
     @staticmethod
     def _terminator_ids(tokenizer: Any, terminator: str | Sequence[int] | None) -> list[int]:

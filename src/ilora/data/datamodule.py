@@ -107,6 +107,7 @@ class RecDataModule(L.LightningDataModule):
             if value is not None and (not isinstance(value, int) or value < low):
                 raise ConfigError(f"data.{key}={value!r} must be an integer >= {low}")
         self.tokenizer: Any = None
+        self._context: tuple[int | None, int] = (None, 0)
         self._data: RecData | None = None
         self._hybrid_probability = 1.0
         self._epoch = 0
@@ -115,9 +116,14 @@ class RecDataModule(L.LightningDataModule):
         self.collators: dict[str, PromptCollator] = {}
 
     # ---- hand-over and item facts -------------------------------------------------------------------
-    def set_tokenizer(self, tokenizer: Any) -> None:
-        """Give the backbone's tokenizer; required before `setup` (collators are built there)."""
+    def set_tokenizer(self, tokenizer: Any, *, context_tokens: int | None = None, reserve_tokens: int = 0) -> None:
+        """Give the backbone's tokenizer; required before `setup` (collators are built there).
+
+        `context_tokens` (the backbone's context length) bounds prompts when `max_prompt_tokens` is null:
+        the oldest history items are dropped whole so prompt + answer (or `reserve_tokens` generated) fit.
+        """
         self.tokenizer = tokenizer
+        self._context = (context_tokens, reserve_tokens)
         self.collators = {}
 
     def load(self) -> RecData:
@@ -149,6 +155,13 @@ class RecDataModule(L.LightningDataModule):
         self._hybrid_probability = float(p)
         if "train" in self.collators:
             self.collators["train"].hybrid_probability = float(p)
+
+    @property
+    def prompt_token_limit(self) -> int | None:
+        """The prompt length limit in force (`max_prompt_tokens`, else derived from the backbone's context)."""
+        if self.collators:
+            return next(iter(self.collators.values())).max_prompt_tokens
+        return self.hparams.max_prompt_tokens
 
     @property
     def num_truncated(self) -> dict[str, int]:
@@ -198,6 +211,7 @@ class RecDataModule(L.LightningDataModule):
             self.tokenizer, titles=data.titles, padding_id=data.padding_id, window=data.window,
             prompts=get_prompts(self.domain_of(data), self.hparams.template), mode=mode, seed=self.hparams.seed,
             terminator=self.hparams.terminator, max_prompt_tokens=self.hparams.max_prompt_tokens,
+            context_tokens=self._context[0], reserve_tokens=self._context[1],
             text_only=self.hparams.text_only, hybrid_probability=self._hybrid_probability,
         )
 
