@@ -1,0 +1,66 @@
+"""Memory and disk: peak resident memory of a short `ilora-train` run, and its checkpoint size vs the backbone.
+
+The run is a child process (so its peak RSS is its own, read from `wait4`'s rusage); its `last.ckpt`
+is the checkpoint measured. Backbone size = the frozen backbone's parameter bytes in its training dtype
+(for SmolLM2 on CPU: fp32, the size of the cached dequantised safetensors).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+# A short fit of the default config: no validation, a last.ckpt every step, a tiny ranking-only test.
+SHORT_RUN = [
+    "logger=csv",
+    "trainer.max_steps=2",
+    "trainer.limit_val_batches=0",
+    "trainer.enable_progress_bar=false",
+    "callbacks.last_checkpoint.every_n_train_steps=1",
+    "data.limit_test_examples=8",
+    "model.evaluation.generate=false",
+]
+
+
+def short_training_run(run_dir: str | os.PathLike, overrides: Sequence[str] = (), *,
+                       timeout: float = 900, threads: int | None = None) -> dict[str, object]:
+    """Run `python -m ilora.cli.train` into `run_dir`; returns peak_rss_gb, seconds, and the last.ckpt path.
+
+    `threads` sets OMP_NUM_THREADS for the child (None: its default)."""
+    run_dir = Path(run_dir)
+    cmd = [sys.executable, "-m", "ilora.cli.train", *SHORT_RUN, *overrides, f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    start = time.perf_counter()
+    log = (run_dir.parent / f"{run_dir.name}.log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        deadline = start + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                proc.kill()
+                raise TimeoutError(f"short training run exceeded {timeout:.0f} s; log: {log}")
+            time.sleep(0.2)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        tail = log.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"short training run failed (exit {code}): {' '.join(cmd)}\n{tail}")
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"the short training run wrote no {ckpt}")
+    return {"peak_rss_gb": usage.ru_maxrss * 1024 / 1e9, "train_run_s": time.perf_counter() - start,
+            "ckpt_path": str(ckpt), "ckpt_bytes": ckpt.stat().st_size}
+
+
+def parameter_bytes(module) -> int:
+    """Bytes of a module's parameters (shared tensors once)."""
+    return sum(p.numel() * p.element_size() for p in module.parameters())

@@ -1,0 +1,125 @@
+"""One full training step (forward, backward, AdamW) of a causal LM: iLoRA K experts vs peft LoRA, same rank.
+
+Both sides run the recommender's loss path (`Recommender.answer_loss`): the decoder on the whole
+[B, T] batch, the vocabulary head only on the answer positions, cross-entropy there. The iLoRA side also
+computes its gate from a user state through a trainable linear gate, as a training step does.
+FLOP utilisation: 4 N tokens/s (forward 2N, backward 2N: frozen weights need no weight gradient), N = the
+parameters of the decoder's linear layers (the embedding is a lookup; attention scores are not counted).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ilora.adapters import apply_moe_lora, gate_context
+from ilora.adapters.moe_lora import DEFAULT_TARGETS
+from ilora.bench.peak import gemm_burst
+from ilora.bench.timing import interleaved_medians
+
+
+def matmul_params(model: nn.Module) -> int:
+    """Weights of the decoder's nn.Linear layers (the frozen matmuls of a step); call before adapters go in."""
+    return sum(m.weight.numel() for m in model.get_decoder().modules() if isinstance(m, nn.Linear))
+
+
+def synthetic_batch(*, batch: int, tokens: int, answer: int, vocab: int, seed: int = 0) -> dict[str, Tensor]:
+    """input_ids / attention_mask / labels [B, T]: the last `answer` tokens of each row are the answer."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (batch, tokens), generator=g)
+    labels = torch.full_like(ids, -100)
+    labels[:, -answer:] = ids[:, -answer:]
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+def answer_loss(lm: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    """The recommender's loss: decoder on [B, T], head only where labels != -100 (answer positions)."""
+    embeds = lm.get_input_embeddings()(batch["input_ids"])  # [B, T, D]
+    hidden = lm.get_decoder()(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).last_hidden_state
+    targets = batch["labels"][:, 1:]
+    mask = targets != -100
+    logits = lm.get_output_embeddings()(hidden[:, :-1][mask])  # [N_answer, V]
+    return F.cross_entropy(logits.float(), targets[mask])
+
+
+def ilora_step(lm: nn.Module, batch: dict[str, Tensor], *, rank: int, num_experts: int, alpha: float,
+               dropout: float, user_dim: int = 64, lr: float = 2e-4) -> Callable[[], float]:
+    """Inject MoE-LoRA into `lm` (in place) and return a closure running one training step."""
+    apply_moe_lora(lm, rank=rank, num_experts=num_experts, alpha=alpha, dropout=dropout, targets=DEFAULT_TARGETS)
+    params = [p for p in lm.parameters() if p.requires_grad]
+    gate = None
+    if num_experts > 1:
+        gate = nn.Linear(user_dim, num_experts)
+        params += list(gate.parameters())
+        users = torch.randn(batch["input_ids"].shape[0], user_dim, generator=torch.Generator().manual_seed(1))
+    opt = torch.optim.AdamW(params, lr=lr)
+    lm.train()
+
+    def step() -> float:
+        opt.zero_grad(set_to_none=True)
+        ctx = gate_context(lm, torch.softmax(gate(users), -1)) if gate is not None else nullcontext()
+        with ctx:
+            loss = answer_loss(lm, batch)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return step
+
+
+def peft_step(lm: nn.Module, batch: dict[str, Tensor], *, rank: int, alpha: float, dropout: float,
+              lr: float = 2e-4) -> Callable[[], float]:
+    """peft LoRA (same rank, same targets) on `lm` and a closure running one training step."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(DEFAULT_TARGETS))
+    model = get_peft_model(lm, cfg)
+    inner = model.base_model.model  # the causal LM with LoRA layers inside
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr)
+    model.train()
+
+    def step() -> float:
+        opt.zero_grad(set_to_none=True)
+        loss = answer_loss(inner, batch)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return step
+
+
+def step_ratio(lm: nn.Module, *, batch: int = 4, tokens: int = 340, answer: int = 12, rank: int = 8,
+               num_experts: int = 4, alpha: float = 32.0, dropout: float = 0.1, repeats: int = 5,
+               warmup: int = 1, peak_size: int = 2048) -> dict[str, float]:
+    """Median step seconds of iLoRA K=num_experts, iLoRA K=1 and peft LoRA on copies of `lm` (frozen base).
+
+    A `peak_size`-square GEMM burst (in the backbone's dtype) takes its turn among the steps, so the
+    matmul peak is measured under the same load as the steps. Returns step_s_*, the ratios vs peft,
+    tokens/s, achieved and peak FLOP/s and flop_utilisation.
+    """
+    data = synthetic_batch(batch=batch, tokens=tokens, answer=answer, vocab=lm.config.vocab_size)
+    n = matmul_params(lm)
+    steps = {
+        f"ilora_k{num_experts}": ilora_step(copy.deepcopy(lm), data, rank=rank, num_experts=num_experts,
+                                            alpha=alpha, dropout=dropout),
+        "ilora_k1": ilora_step(copy.deepcopy(lm), data, rank=rank, num_experts=1, alpha=alpha, dropout=dropout),
+        "peft": peft_step(copy.deepcopy(lm), data, rank=rank, alpha=alpha, dropout=dropout),
+    }
+    steps["gemm"], gemm_flops = gemm_burst(peak_size, dtype=next(lm.parameters()).dtype)
+    med = interleaved_medians(steps, repeats=repeats, warmup=warmup)
+    ours = med[f"ilora_k{num_experts}"]
+    tokens_per_s = batch * tokens / ours
+    out = {
+        "step_s_ilora": ours, "step_s_ilora_k1": med["ilora_k1"], "step_s_peft": med["peft"],
+        "step_ratio_vs_peft": ours / med["peft"], "step_ratio_k1_vs_peft": med["ilora_k1"] / med["peft"],
+        "train_tokens_per_s": tokens_per_s, "matmul_params": n, "achieved_flops": 4 * n * tokens_per_s,
+    }
+    out["peak_flops"] = gemm_flops / med["gemm"]
+    out["flop_utilisation"] = out["achieved_flops"] / out["peak_flops"]
+    return out

@@ -1,0 +1,144 @@
+"""`ilora-bench`: cost of iLoRA against LoRA and against this machine's own limits; writes bench.json + bench.md.
+
+Order: a short `ilora-train` child run first (peak RSS, its last.ckpt; on a fresh clone it also builds the
+encoder and the dequantised backbone caches), then in this process the layer, the training step, the matmul
+peak and evaluation on the trained checkpoint. `--dry-run` does all of it on a tiny random backbone and a
+synthetic dataset in seconds (the test suite runs it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ilora.cli import CONFIG_DIR
+
+DRY_RUN = [
+    "backbone=tiny_random", "trainer.precision=32-true", "data.batch_size=2", "data.eval_batch_size=2",
+    "data.num_candidates=5", "encoder.hidden_dim=16", "encoder.train.max_epochs=1",
+    "encoder.train.batch_size=64", "model.evaluation.max_new_tokens=4",
+]
+
+
+def compose(overrides: list[str], run_dir: Path):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = hydra_compose(config_name="train", overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(run_dir)
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+def _eval_batches(datamodule, users: int) -> list[dict[str, Any]]:
+    datamodule.setup("test")
+    batches, seen = [], 0
+    for batch in datamodule.test_dataloader():
+        batches.append(batch)
+        seen += len(batch["index"])
+        if seen >= users:
+            break
+    return batches
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from ilora.adapters.bench import layer_ratio
+    from ilora.backbones import resolve_dtype
+    from ilora.bench import footprint, report
+    from ilora.bench.evaluation import evaluation_costs
+    from ilora.bench.step import step_ratio
+    from ilora.bench.timing import machine
+    from ilora.checkpoints import read_checkpoint
+    from ilora.cli.components import build_all, build_backbone
+
+    out_dir = Path(args.out).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"machine": machine(), "dry_run": args.dry_run}
+    overrides = list(args.overrides)
+    if args.dry_run:
+        from ilora.data.synthetic import make_tiny_dataset
+
+        data_dir = out_dir / "data"
+        if not (data_dir / "meta.json").is_file():
+            make_tiny_dataset(data_dir, num_items=40, num_users=60, seed=0)
+        overrides = [*DRY_RUN, f"data.dir={data_dir}", "data.name=tiny",
+                     f"paths.encoder_dir={out_dir / 'encoders'}", *overrides]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results["machine"]["threads"] = torch.get_num_threads()
+    started = time.perf_counter()
+
+    run_dir = Path(tempfile.mkdtemp(prefix="train-", dir=out_dir))
+    print(f"[bench] short training run -> {run_dir}", flush=True)
+    results.update({k: v for k, v in footprint.short_training_run(run_dir, overrides, threads=args.threads).items() if k != "ckpt_path"})
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+
+    cfg = compose(overrides, run_dir)
+    parts = build_all(cfg)
+    model = parts["model"]
+    model.load_state_dict(read_checkpoint(ckpt)["state_dict"], strict=False)
+    lm, _ = build_backbone(cfg)  # a clean copy of the frozen backbone for the step bench
+    results["backbone_bytes"] = footprint.parameter_bytes(lm)
+    results["ckpt_ratio"] = results["ckpt_bytes"] / results["backbone_bytes"]
+    dtype = resolve_dtype(cfg.backbone.dtype, cfg.backbone.device)
+    results["precision"] = str(dtype).replace("torch.", "")
+
+    print("[bench] layer", flush=True)
+    mode = "bf16" if dtype == torch.bfloat16 else "fp32"
+    layer = (layer_ratio(batch=2, tokens=8, in_features=16, out_features=24, repeats=3, warmup=1, modes=(mode,))
+             if args.dry_run else layer_ratio(repeats=args.layer_repeats, warmup=3, modes=(mode,)))[mode]
+    results.update(layer_ratio=layer["ratio"], layer_s_moe=layer["moe_s"], layer_s_peft=layer["peft_s"])
+
+    print("[bench] training step", flush=True)
+    shape = dict(batch=2, tokens=24, answer=4) if args.dry_run else dict(batch=4, tokens=340, answer=12)
+    results.update(step_ratio(lm, repeats=1 if args.dry_run else args.step_repeats, warmup=1,
+                              peak_size=256 if args.dry_run else 2048, **shape))
+    del lm
+
+    print("[bench] evaluation", flush=True)
+    batches = _eval_batches(parts["datamodule"], args.users)
+    results.update(evaluation_costs(model, batches, warmup_batch=batches[0],
+                                    max_new_tokens=int(cfg.model.evaluation.max_new_tokens) if args.dry_run else 64))
+    results["bench_s"] = time.perf_counter() - started
+    results["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["targets_met"] = {k: report.holds(k, results[k]) for k in report.TARGETS if k in results}
+    json_path, md_path = report.write(out_dir, results)
+    print(report.markdown(results))
+    print(f"[bench] wrote {json_path} and {md_path}")
+    return results
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="ilora-bench", description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="outputs/bench", help="directory for bench.json, bench.md and the short run")
+    p.add_argument("--dry-run", action="store_true", help="tiny random backbone and synthetic data (seconds)")
+    p.add_argument("--users", type=int, default=32, help="test users for the evaluation costs")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads here and OMP_NUM_THREADS in the training child (default: torch's; "
+                        "--dry-run: 1, since a busy 2-core machine stalls 2-thread parallel regions)")
+    p.add_argument("--step-repeats", type=int, default=3)
+    p.add_argument("--layer-repeats", type=int, default=20)
+    p.add_argument("overrides", nargs="*", help="Hydra overrides of the train config (e.g. data=lastfm)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if args.dry_run and args.threads is None:
+        args.threads = 1
+    return run(args)
+
+
+if __name__ == "__main__":
+    main()
