@@ -28,6 +28,12 @@ test: setup
 test-full: setup
 	$(PY) -m pytest -q -m "not gpu"
 
+bench: setup
+	$(VENV)/bin/ilora-bench --out outputs/bench
+
+bench-gpu: setup
+	$(PY) experiments/bench/bench_gpu.py --out outputs/bench_gpu
+
 lint: setup
 	$(VENV)/bin/ruff check src tests
 

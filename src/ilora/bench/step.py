@@ -28,13 +28,20 @@ def matmul_params(model: nn.Module) -> int:
     return sum(m.weight.numel() for m in model.get_decoder().modules() if isinstance(m, nn.Linear))
 
 
-def synthetic_batch(*, batch: int, tokens: int, answer: int, vocab: int, seed: int = 0) -> dict[str, Tensor]:
+def synthetic_batch(*, batch: int, tokens: int, answer: int, vocab: int, seed: int = 0,
+                    device: str | torch.device = "cpu") -> dict[str, Tensor]:
     """input_ids / attention_mask / labels [B, T]: the last `answer` tokens of each row are the answer."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (batch, tokens), generator=g)
     labels = torch.full_like(ids, -100)
     labels[:, -answer:] = ids[:, -answer:]
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    out = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    return {k: v.to(device) for k, v in out.items()}
+
+
+def _autocast(lm: nn.Module, dtype: torch.dtype | None):
+    device = next(lm.parameters()).device.type
+    return torch.autocast(device, dtype=dtype) if dtype is not None else nullcontext()
 
 
 def answer_loss(lm: nn.Module, batch: dict[str, Tensor]) -> Tensor:
@@ -48,24 +55,28 @@ def answer_loss(lm: nn.Module, batch: dict[str, Tensor]) -> Tensor:
 
 
 def ilora_step(lm: nn.Module, batch: dict[str, Tensor], *, rank: int, num_experts: int, alpha: float,
-               dropout: float, user_dim: int = 64, lr: float = 2e-4) -> Callable[[], float]:
+               dropout: float, user_dim: int = 64, lr: float = 2e-4,
+               autocast: torch.dtype | None = None) -> Callable[[], float]:
     """Inject MoE-LoRA into `lm` (in place) and return a closure running one training step."""
     apply_moe_lora(lm, rank=rank, num_experts=num_experts, alpha=alpha, dropout=dropout, targets=DEFAULT_TARGETS)
     params = [p for p in lm.parameters() if p.requires_grad]
     gate = None
     if num_experts > 1:
-        gate = nn.Linear(user_dim, num_experts)
+        device = batch["input_ids"].device
+        gate = nn.Linear(user_dim, num_experts, device=device)
         params += list(gate.parameters())
         users = torch.randn(batch["input_ids"].shape[0], user_dim, generator=torch.Generator().manual_seed(1))
+        users = users.to(device)
     opt = torch.optim.AdamW(params, lr=lr)
     lm.train()
 
     def step() -> float:
         opt.zero_grad(set_to_none=True)
-        ctx = gate_context(lm, torch.softmax(gate(users), -1)) if gate is not None else nullcontext()
-        with ctx:
-            loss = answer_loss(lm, batch)
-        loss.backward()
+        ctx = gate_context(lm, torch.softmax(gate(users).float(), -1)) if gate is not None else nullcontext()
+        with ctx:  # backward inside: with activation checkpointing the layers re-run during backward
+            with _autocast(lm, autocast):
+                loss = answer_loss(lm, batch)
+            loss.backward()
         opt.step()
         return loss.item()
 
@@ -73,7 +84,7 @@ def ilora_step(lm: nn.Module, batch: dict[str, Tensor], *, rank: int, num_expert
 
 
 def peft_step(lm: nn.Module, batch: dict[str, Tensor], *, rank: int, alpha: float, dropout: float,
-              lr: float = 2e-4) -> Callable[[], float]:
+              lr: float = 2e-4, autocast: torch.dtype | None = None) -> Callable[[], float]:
     """peft LoRA (same rank, same targets) on `lm` and a closure running one training step."""
     from peft import LoraConfig, get_peft_model
 
@@ -86,7 +97,8 @@ def peft_step(lm: nn.Module, batch: dict[str, Tensor], *, rank: int, alpha: floa
 
     def step() -> float:
         opt.zero_grad(set_to_none=True)
-        loss = answer_loss(inner, batch)
+        with _autocast(inner, autocast):
+            loss = answer_loss(inner, batch)
         loss.backward()
         opt.step()
         return loss.item()
@@ -96,23 +108,25 @@ def peft_step(lm: nn.Module, batch: dict[str, Tensor], *, rank: int, alpha: floa
 
 def step_ratio(lm: nn.Module, *, batch: int = 4, tokens: int = 340, answer: int = 12, rank: int = 8,
                num_experts: int = 4, alpha: float = 32.0, dropout: float = 0.1, repeats: int = 5,
-               warmup: int = 1, peak_size: int = 2048) -> dict[str, float]:
+               warmup: int = 1, peak_size: int = 2048, autocast: torch.dtype | None = None) -> dict[str, float]:
     """Median step seconds of iLoRA K=num_experts, iLoRA K=1 and peft LoRA on copies of `lm` (frozen base).
 
     A `peak_size`-square GEMM burst (in the backbone's dtype) takes its turn among the steps, so the
     matmul peak is measured under the same load as the steps. Returns step_s_*, the ratios vs peft,
     tokens/s, achieved and peak FLOP/s and flop_utilisation.
     """
-    data = synthetic_batch(batch=batch, tokens=tokens, answer=answer, vocab=lm.config.vocab_size)
+    weight = next(lm.parameters())
+    data = synthetic_batch(batch=batch, tokens=tokens, answer=answer, vocab=lm.config.vocab_size,
+                           device=weight.device)
     n = matmul_params(lm)
+    common = dict(rank=rank, alpha=alpha, dropout=dropout, autocast=autocast)
     steps = {
-        f"ilora_k{num_experts}": ilora_step(copy.deepcopy(lm), data, rank=rank, num_experts=num_experts,
-                                            alpha=alpha, dropout=dropout),
-        "ilora_k1": ilora_step(copy.deepcopy(lm), data, rank=rank, num_experts=1, alpha=alpha, dropout=dropout),
-        "peft": peft_step(copy.deepcopy(lm), data, rank=rank, alpha=alpha, dropout=dropout),
+        f"ilora_k{num_experts}": ilora_step(copy.deepcopy(lm), data, num_experts=num_experts, **common),
+        "ilora_k1": ilora_step(copy.deepcopy(lm), data, num_experts=1, **common),
+        "peft": peft_step(copy.deepcopy(lm), data, **common),
     }
-    steps["gemm"], gemm_flops = gemm_burst(peak_size, dtype=next(lm.parameters()).dtype)
-    med = interleaved_medians(steps, repeats=repeats, warmup=warmup)
+    steps["gemm"], gemm_flops = gemm_burst(peak_size, dtype=autocast or weight.dtype, device=weight.device)
+    med = interleaved_medians(steps, repeats=repeats, warmup=warmup, device=weight.device)
     ours = med[f"ilora_k{num_experts}"]
     tokens_per_s = batch * tokens / ours
     out = {

@@ -1,0 +1,69 @@
+"""`ilora-bench --dry-run` and the GPU script's dry run: every key, sane values, on tiny shapes (seconds)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from ilora.bench import report
+from ilora.bench.timing import interleaved_medians
+
+ROOT = Path(__file__).resolve().parents[2]
+KEYS = ("layer_ratio", "step_ratio_vs_peft", "step_ratio_k1_vs_peft", "flop_utilisation", "rank_cost_vs_prefill",
+        "peak_rss_gb", "ckpt_ratio", "gen_newline_users_per_s", "gen_fixed_users_per_s", "rank_hr@1",
+        "gen_newline_hr@1_valid", "gen_fixed_hr@1_valid")
+
+
+def test_interleaved_medians_rotates_and_skips_warmup():
+    calls = []
+    med = interleaved_medians({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1)
+    assert set(med) == {"a", "b"} and all(v >= 0 for v in med.values())
+    assert calls == ["a", "b", "b", "a", "a", "b", "b", "a"]
+
+
+def test_report_marks_targets():
+    text = report.markdown({"layer_ratio": 1.01, "flop_utilisation": 0.1, "machine": {}})
+    assert "| `layer_ratio` | 1.01 | <= 1.05 | yes |" in text
+    assert "| `flop_utilisation` | 0.1 | >= 0.6 | **no** |" in text
+
+
+def test_ilora_bench_dry_run(tmp_path, monkeypatch):
+    from ilora.cli.bench import main
+
+    monkeypatch.setenv("ILORA_CACHE", str(ROOT / ".cache"))  # the shared SmolLM2 tokenizer copy
+    results = main(["--dry-run", "--out", str(tmp_path), "--users", "4"])
+    stored = json.loads((tmp_path / "bench.json").read_text())
+    for key in KEYS:
+        assert key in stored, key
+    assert stored["layer_ratio"] > 0 and stored["step_ratio_vs_peft"] > 0
+    assert 0 < stored["flop_utilisation"] < 2
+    assert stored["rank_cost_vs_prefill"] > 1  # ranking includes the prompt encoding
+    assert 0 < stored["ckpt_ratio"] < 1 and stored["peak_rss_gb"] > 0
+    assert stored["eval_users"] >= 4 and 0 <= stored["rank_hr@1"] <= 1
+    assert set(stored["targets_met"]) == set(report.TARGETS)
+    assert "| `layer_ratio` |" in (tmp_path / "bench.md").read_text()
+    assert results["machine"]["loadavg"]
+
+
+def test_bench_gpu_dry_run(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "experiments" / "bench" / "bench_gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = module.main(["--dry-run", "--out", str(tmp_path), "--repeats", "1"])
+    smol = results["smollm2"]
+    for key in ("layer_ratio", "step_ratio_vs_peft", "step_ratio_k1_vs_peft", "flop_utilisation", "samples_per_s",
+                "movielens_epoch_s_estimate"):
+        assert smol[key] > 0, key
+    rows = results["llama2_7b_shape"]
+    assert {(r["micro_batch"], r["checkpointing"]) for r in rows} == {(1, False), (2, False), (1, True), (2, True)}
+    assert all(r["step_s"] > 0 for r in rows)
+    assert (tmp_path / "bench_gpu.md").is_file()
+
+
+@pytest.mark.parametrize("key", list(report.TARGETS))
+def test_every_target_has_a_direction(key):
+    op, target, what = report.TARGETS[key]
+    assert op in ("<=", ">=") and target > 0 and what
