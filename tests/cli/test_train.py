@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,23 @@ def test_eval_from_checkpoint_reproduces_train_time_test_metrics(train_cfg, comp
     eval_cfg = compose_cfg(
         "eval", [f"ckpt_path={ckpt}", "trainer.precision=32-true", "logger=none"], tmp_path / "eval"
     )
-    eval_metrics, _ = evaluate(eval_cfg)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        eval_metrics, _ = evaluate(eval_cfg)
+    about_keys = [str(w.message) for w in caught if "key" in str(w.message).lower() or "state" in str(w.message).lower()]
+    assert not about_keys, about_keys  # loading re-attaches the adapters to the frozen backbone without complaints
     for key in ("test/rank_hr@1", "test/rank_mrr", "test/gen_valid_ratio", "test/gen_hr@1_all"):
         assert eval_metrics[key] == pytest.approx(metrics[key], abs=1e-6), key
+
+
+def test_adapter_none_is_zero_shot_text_only_and_untrained(train_cfg):
+    metrics, objects = train(train_cfg("adapter=none"))
+    assert metrics["trainable_parameters"] == 0 and objects["trainer"].global_step == 0
+    assert objects["datamodule"].hparams.text_only
+    assert metrics["test/num_examples"] == 6 and "test/rank_hr@1" in metrics and "test/gate_entropy" not in metrics
+
+
+def test_lora_k1_trains_without_a_gate(train_cfg):
+    metrics, objects = train(train_cfg("adapter=lora"))
+    assert objects["model"].gate is None and objects["trainer"].global_step == 4
+    assert "test/rank_hr@1" in metrics and "test/gate_entropy" not in metrics
