@@ -39,7 +39,9 @@ class NonFiniteLossError(IloraError):
     """The training loss became NaN/inf: the run stops before that step's update (no checkpoint is written)."""
 
 
-EVAL_DEFAULTS = {"rank": True, "generate": True, "length_normalize": False, "max_new_tokens": 64}
+EVAL_DEFAULTS = {
+    "rank": True, "generate": True, "generate_on_val": True, "length_normalize": False, "max_new_tokens": 64,
+}
 
 
 class Recommender(pl.LightningModule):
@@ -56,7 +58,8 @@ class Recommender(pl.LightningModule):
         lr_multipliers: `{projector: 1.0, gate: 1.0}` relative to the optimizer's lr (adapters use 1.0).
         curriculum: LLaRA's curriculum: hybrid prompts with probability step / total steps (else always hybrid).
         aux_loss_weight: weight of the gate load-balancing loss (0 = off, as the paper).
-        evaluation: `{rank, generate, length_normalize, max_new_tokens}`.
+        evaluation: `{rank, generate, generate_on_val, length_normalize, max_new_tokens}` (validation can skip
+            generation: checkpoint selection uses the ranking HR@1).
         run_config: the resolved run config (plain dict), stored in checkpoints for `ilora-eval`.
     """
 
@@ -228,13 +231,13 @@ class Recommender(pl.LightningModule):
 
     # ----------------------------------------------------------------- evaluation
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        self._eval_records.extend(self.evaluate_batch(batch))
+        self._eval_records.extend(self.evaluate_batch(batch, generate=bool(self.eval_cfg["generate_on_val"])))
 
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         self._eval_records.extend(self.evaluate_batch(batch))
 
     @torch.no_grad()
-    def evaluate_batch(self, batch: Mapping[str, Any]) -> list[dict[str, Any]]:
+    def evaluate_batch(self, batch: Mapping[str, Any], generate: bool = True) -> list[dict[str, Any]]:
         """Rank and/or generate for one left-padded eval batch; one record per example."""
         embeds, gate = self.embed(batch), self.gate_weights(batch)
         records = [
@@ -253,7 +256,7 @@ class Recommender(pl.LightningModule):
                 )
                 for record, row in zip(records, scores.float().cpu()):
                     record["scores"] = row.tolist()
-            if self.eval_cfg["generate"]:
+            if self.eval_cfg["generate"] and generate:
                 texts = generate_answers(
                     self.backbone,
                     self.tokenizer,
