@@ -20,15 +20,13 @@ os.environ.setdefault("WANDB_MODE", "offline")
 # The SmolLM2 tokenizer copy is shared by all tests (it is cached once, like a user's cache dir).
 SHARED_CACHE = Path(os.environ.get("ILORA_TEST_CACHE", Path(__file__).resolve().parents[2] / ".cache"))
 
-TINY = [
+# Overrides every tiny run shares; TINY adds the step budget the in-process tests use.
+TINY_BASE = [
     "backbone=tiny_random",
     f"backbone.cache_dir={SHARED_CACHE}/backbones/smollm2_135m",
     "logger=csv",
-    "trainer=cpu",
     "trainer.precision=32-true",
     "trainer.max_epochs=1",
-    "trainer.max_steps=4",
-    "trainer.limit_train_batches=4",
     "trainer.enable_progress_bar=false",
     "data.batch_size=4",
     "data.eval_batch_size=4",
@@ -38,6 +36,11 @@ TINY = [
     "encoder.hidden_dim=16",
     "encoder.train.max_epochs=2",
     "encoder.train.batch_size=64",
+]
+TINY = [
+    *TINY_BASE,
+    "trainer.max_steps=4",
+    "trainer.limit_train_batches=4",
     "model.evaluation.max_new_tokens=8",
     "callbacks.last_checkpoint.every_n_train_steps=2",
 ]
@@ -105,6 +108,11 @@ def wandb_history_keys(run_file: Path) -> set[str]:
 @pytest.fixture(scope="session")
 def wandb_keys():
     return wandb_history_keys
+
+
+@pytest.fixture(scope="session")
+def tiny_base() -> list[str]:
+    return list(TINY_BASE)
 
 
 @pytest.fixture(scope="session")

@@ -8,14 +8,11 @@ import sys
 from pathlib import Path
 
 
-def test_ddp_cpu_gathers_each_test_user_once(tiny_data_dir, encoder_cache, shared_cache, tmp_path):
+def test_ddp_cpu_gathers_each_test_user_once(tiny_base, tiny_data_dir, encoder_cache, tmp_path):
     common = [
-        "backbone=tiny_random", f"backbone.cache_dir={shared_cache}/backbones/smollm2_135m", "logger=csv",
-        "trainer.max_epochs=1", "trainer.max_steps=2", "trainer.limit_train_batches=2", "trainer.limit_val_batches=0",
-        "trainer.enable_progress_bar=false", f"data.dir={tiny_data_dir}", "data.name=tiny", "data.batch_size=4",
-        "data.eval_batch_size=4", "data.num_candidates=5", "data.limit_test_examples=5", "encoder.hidden_dim=16",
-        "encoder.train.max_epochs=2", f"paths.encoder_dir={encoder_cache}", "model.evaluation.max_new_tokens=4",
-        "test_ckpt=last",
+        *tiny_base, "trainer.max_steps=2", "trainer.limit_train_batches=2", "trainer.limit_val_batches=0",
+        f"data.dir={tiny_data_dir}", "data.name=tiny", "data.limit_test_examples=5", f"paths.encoder_dir={encoder_cache}",
+        "model.evaluation.max_new_tokens=4", "test_ckpt=last",
     ]
     run_dir = tmp_path / "ddp"
     script = Path(sys.executable).with_name("ilora-train")  # Lightning relaunches rank 1 from the real script

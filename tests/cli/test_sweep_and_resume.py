@@ -13,23 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 
-TINY_CLI = [
-    "backbone=tiny_random",
-    "logger=csv",
-    "trainer.precision=32-true",
-    "trainer.max_epochs=1",
-    "trainer.enable_progress_bar=false",
-    "data.batch_size=4",
-    "data.eval_batch_size=4",
-    "data.num_candidates=5",
-    "data.limit_val_examples=4",
-    "data.limit_test_examples=6",
-    "encoder.hidden_dim=16",
-    "encoder.train.max_epochs=2",
-    "encoder.train.batch_size=64",
-    "model.evaluation.max_new_tokens=4",
-]
-
 
 def cli(tool: str, *args: str, slow_steps: float = 0.0) -> list[str]:
     """The console script as a subprocess; `slow_steps` sleeps in each training step (to kill it mid-run)."""
@@ -43,13 +26,13 @@ def cli(tool: str, *args: str, slow_steps: float = 0.0) -> list[str]:
 
 
 @pytest.fixture
-def tiny_cli(tiny_data_dir, encoder_cache, shared_cache, tmp_path):
+def tiny_cli(tiny_base, tiny_data_dir, encoder_cache, tmp_path):
     return [
-        *TINY_CLI,
+        *tiny_base,
+        "model.evaluation.max_new_tokens=4",
         f"data.dir={tiny_data_dir}",
         "data.name=tiny",
         f"paths.encoder_dir={encoder_cache}",
-        f"backbone.cache_dir={shared_cache}/backbones/smollm2_135m",
         f"paths.log_dir={tmp_path / 'outputs'}",
     ]
 
