@@ -80,7 +80,11 @@ def build_encoder(cfg: DictConfig):
 
 def build_backbone(cfg: DictConfig):
     options = OmegaConf.to_container(cfg.backbone, resolve=True)
-    return load_backbone(**options)
+    try:
+        return load_backbone(**options)
+    except (OSError, ValueError) as e:  # e.g. a model directory with a config but no weights or tokenizer
+        message = " ".join(str(e).split())
+        raise ConfigError(f"backbone.path={options.get('path')}: cannot load the model ({message})") from e
 
 
 def build_model(cfg: DictConfig, *, backbone, tokenizer, encoder, num_train_examples: int | None = None) -> Recommender:
