@@ -5,9 +5,11 @@ Candidate answer segments then run against that cache, and the vocabulary head i
 needs it: the prompt's last position (first candidate token) and each candidate token that predicts the next.
 
 Two exact ways to share the prompt:
-- "packed" (default): one row per user; the C segments are packed into one row of C*(L-1) tokens with a 4D
-  block mask (each segment sees the whole prompt and itself, causally) and positions that restart after the
-  prompt. The prompt's KV stays at batch B (no copy), and gated adapters keep B rows.
+- "packed" (default): one row per user; the real tokens of the C segments (padding dropped: titles vary in
+  length, so a [C, L] grid is mostly padding) are packed into one row with a 4D block mask (each segment
+  sees the whole prompt and itself, causally) and positions that restart after the prompt. Rows are
+  padded only to the longest user's packed length. The prompt's KV stays at batch B (no copy), and gated
+  adapters keep B rows.
 - "repeat": the cache is repeat_interleaved C times and the segments run as B*C rows (copies the prompt KV C
   times; the adapters' gate is repeat_interleaved by the layer).
 The last token of a segment predicts nothing we score, so only the first L-1 tokens are fed.
@@ -39,19 +41,29 @@ def _token_logprobs(head: nn.Module, hidden: Tensor, targets: Tensor, chunk: int
     return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
 
 
-def _packed_block_mask(prompt_mask: Tensor, seg_mask: Tensor, dtype: torch.dtype) -> Tensor:
-    """Additive 4D mask [B, 1, C*L, T + C*L]: segment c sees the prompt's real tokens and itself, causally.
+def _pack_segments(seg_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Where each packed token comes from: `order` [B, M] (index into the flattened C*L' grid; real tokens
+    first, in segment order) and `valid` [B, M] (False for row padding); M = most real tokens of a user.
 
-    prompt_mask [B, T], seg_mask [B, C, L] (1 = real token).
+    seg_mask [B, C, L'] (1 = real token).
     """
-    B, C, L = seg_mask.shape
-    idx = torch.arange(C * L, device=seg_mask.device)
-    seg, off = idx // L, idx % L
-    block = (seg[:, None] == seg[None, :]) & (off[None, :] <= off[:, None])  # [CL, CL] query x key
-    cand = block[None] & seg_mask.reshape(B, 1, C * L).bool()  # keys of padding are hidden
-    prompt = prompt_mask.bool()[:, None, :].expand(B, C * L, -1)  # [B, CL, T]
-    allowed = torch.cat([prompt, cand], dim=-1)[:, None]  # [B, 1, CL, T + CL]
-    zero = torch.zeros((), dtype=dtype, device=seg_mask.device)
+    flat = seg_mask.reshape(seg_mask.shape[0], -1).bool()  # [B, C*L']
+    counts = flat.sum(-1)
+    width = max(int(counts.max()), 1) if counts.numel() else 1
+    order = torch.sort((~flat).to(torch.int8), dim=-1, stable=True).indices[:, :width]  # [B, M]
+    valid = torch.arange(width, device=flat.device)[None] < counts[:, None]
+    return order, valid
+
+
+def _packed_block_mask(prompt_mask: Tensor, seg: Tensor, off: Tensor, valid: Tensor, dtype: torch.dtype) -> Tensor:
+    """Additive 4D mask [B, 1, M, T + M]: a packed token sees the prompt's real tokens and the earlier tokens of
+    its own segment. prompt_mask [B, T]; seg, off, valid [B, M] (segment, offset in it, real token)."""
+    B, M = seg.shape
+    block = (seg[:, :, None] == seg[:, None, :]) & (off[:, None, :] <= off[:, :, None])  # [B, M, M] query x key
+    cand = block & valid[:, None, :]  # padding keys are hidden
+    prompt = prompt_mask.bool()[:, None, :].expand(B, M, -1)  # [B, M, T]
+    allowed = torch.cat([prompt, cand], dim=-1)[:, None]  # [B, 1, M, T + M]
+    zero = torch.zeros((), dtype=dtype, device=seg.device)
     return torch.where(allowed, zero, torch.finfo(dtype).min)
 
 
@@ -106,25 +118,34 @@ def score_candidates(model: nn.Module, *, inputs_embeds: Tensor, attention_mask:
     if L > 1:
         seg_ids, seg_mask = cand_ids[:, :, :-1], cand_mask[:, :, :-1]  # inputs [B, C, L-1]
         scored = cand_mask[:, :, 1:].bool()  # which next tokens are real [B, C, L-1]
-        embeds = model.get_input_embeddings()(seg_ids).to(inputs_embeds.dtype)  # [B, C, L-1, D]
         start = attention_mask.sum(-1)  # prompt lengths [B]
-        offsets = torch.arange(L - 1, device=device)
         if method == "packed":
+            order, valid = _pack_segments(seg_mask)  # [B, M]
+            seg, off = order // (L - 1), order % (L - 1)
+            packed_ids = seg_ids.reshape(B, -1).gather(1, order)  # [B, M]
             hidden = decoder(
-                inputs_embeds=embeds.reshape(B, C * (L - 1), -1),
-                attention_mask=_packed_block_mask(attention_mask, seg_mask, inputs_embeds.dtype),
-                position_ids=(start[:, None] + offsets.repeat(C)[None]),  # [B, C*(L-1)]
+                inputs_embeds=model.get_input_embeddings()(packed_ids).to(inputs_embeds.dtype),
+                attention_mask=_packed_block_mask(attention_mask, seg, off, valid, inputs_embeds.dtype),
+                position_ids=start[:, None] + off,  # [B, M]
                 use_cache=True, **{cache_arg: cache},
-            ).last_hidden_state.reshape(B, C, L - 1, -1)
+            ).last_hidden_state  # [B, M, D]
+            next_ids = cand_ids[:, :, 1:].reshape(B, -1).gather(1, order)
+            take = scored.reshape(B, -1).gather(1, order) & valid  # packed tokens whose next token is scored
+            flat_lp = torch.zeros(B, C * (L - 1), dtype=torch.float32, device=device)
+            rows = torch.arange(B, device=device)[:, None].expand(B, order.shape[1])
+            flat_lp[rows[take], order[take]] = _token_logprobs(head, hidden[take], next_ids[take], head_chunk)
+            token_lp[:, :, 1:] = flat_lp.view(B, C, L - 1)
         else:
             cache.batch_repeat_interleave(C)
+            embeds = model.get_input_embeddings()(seg_ids).to(inputs_embeds.dtype)  # [B, C, L-1, D]
+            offsets = torch.arange(L - 1, device=device)
             hidden = decoder(
                 inputs_embeds=embeds.reshape(B * C, L - 1, -1),
                 attention_mask=torch.cat([attention_mask.repeat_interleave(C, 0), seg_mask.reshape(B * C, -1)], -1),
                 position_ids=(start.repeat_interleave(C)[:, None] + offsets[None]),  # [B*C, L-1]
                 use_cache=True, **{cache_arg: cache},
             ).last_hidden_state.reshape(B, C, L - 1, -1)
-        token_lp[:, :, 1:][scored] = _token_logprobs(head, hidden[scored], cand_ids[:, :, 1:][scored], head_chunk)
+            token_lp[:, :, 1:][scored] = _token_logprobs(head, hidden[scored], cand_ids[:, :, 1:][scored], head_chunk)
 
     token_lp = token_lp * cand_mask
     scores = token_lp.sum(-1)
