@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ilora.adapters.dropout import FastDropout
 from ilora.errors import CheckpointError, ConfigError
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -83,7 +84,7 @@ class MoELoRALinear(nn.Module):
             torch.zeros(base.out_features, self.rank, device=device, dtype=torch.float32)
         )
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = FastDropout(dropout) if dropout > 0 else nn.Identity()
         self.gate: Tensor | None = None  # [B, K], set by gate_context; a plain attribute, never saved
         self.adapters_disabled = False
         self.merged = False
@@ -114,9 +115,13 @@ class MoELoRALinear(nn.Module):
             return y
         if not torch.is_autocast_enabled(x.device.type):
             x = x.to(self.lora_A.dtype)
-        h = F.linear(self.dropout(x), self.lora_A)  # [B, T, r]
+        drop = self.dropout
+        if isinstance(drop, FastDropout) and drop.active(x):  # its 1/(1-p) rescale moves to the r-dim side
+            h, drop_scale = F.linear(drop.mask(x), self.lora_A), drop.scale  # [B, T, r]
+        else:
+            h, drop_scale = F.linear(drop(x), self.lora_A), 1.0
         g = self._rank_gate(x)  # [B, 1, r] with the scaling folded in, or None (K == 1, no gate)
-        h = h * self.scaling if g is None else h * g.to(h.dtype)
+        h = h * (self.scaling * drop_scale) if g is None else h * (g * drop_scale).to(h.dtype)
         return y + F.linear(h, self.lora_B).to(y.dtype)  # [B, T, out]
 
     def _rank_gate(self, x: Tensor) -> Tensor | None:
