@@ -43,7 +43,7 @@ class FastDropout(nn.Module):
         n = x.numel()
         words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_()
         uniform = words.view(torch.int16)[:n].view(x.shape) & (_LEVELS - 1)  # 15-bit uniforms in [0, 2^15)
-        return x * (uniform >= self.threshold)
+        return x.masked_fill(uniform < self.threshold, 0.0)  # no float copy of the mask (x * bool makes one)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.threshold == 0:

@@ -125,8 +125,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true", help="tiny random backbone and synthetic data (seconds)")
     p.add_argument("--users", type=int, default=32, help="test users for the evaluation costs")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch threads here and OMP_NUM_THREADS in the training child (default: torch's; "
-                        "--dry-run: 1, since a busy 2-core machine stalls 2-thread parallel regions)")
+                   help="torch threads here and OMP_NUM_THREADS in the training child (default: torch's, "
+                        "or 1 for --dry-run or when the 1-min load average >= the core count)")
     p.add_argument("--step-repeats", type=int, default=3)
     p.add_argument("--layer-repeats", type=int, default=20)
     p.add_argument("overrides", nargs="*", help="Hydra overrides of the train config (e.g. data=lastfm)")
@@ -135,7 +135,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    if args.dry_run and args.threads is None:
+    if args.threads is None and (args.dry_run or os.getloadavg()[0] >= (os.cpu_count() or 1)):
+        # a busy machine: a 2-thread parallel region waits for a core someone else holds (measured here:
+        # tiny matmuls 50x slower at load 9); one thread per side keeps the ratios about the code
         args.threads = 1
     return run(args)
 
