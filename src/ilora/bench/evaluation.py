@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ilora.evaluation.generation import generate_answers, generation_metrics, parse_choice
+from ilora.evaluation.generation import generate_answers, generation_metrics, line_tables, parse_choice
 from ilora.evaluation.ranking import prompt_position_ids, score_candidates
 from ilora.metrics import ranking_metrics
 
@@ -40,19 +40,24 @@ def _timed(fn) -> tuple[float, Any]:
 
 @torch.no_grad()
 def evaluation_costs(model: nn.Module, batches: Sequence[Mapping[str, Any]], *, max_new_tokens: int = 64,
-                     generate: bool = True, warmup_batch: Mapping[str, Any] | None = None) -> dict[str, float]:
-    """Ranking vs prefill and newline-stopped vs fixed-64 generation over `batches` (eval batches).
+                     generate_batches: int | None = None,
+                     warmup_batch: Mapping[str, Any] | None = None) -> dict[str, float]:
+    """Ranking vs prefill over `batches` (eval batches), and newline-stopped vs fixed-64 generation over the
+    first `generate_batches` of them (None: all; 0: none).
 
     `model` is a `Recommender` (embed, gate_weights, gated, backbone, tokenizer). `warmup_batch`, when
-    given, runs every path once untimed first.
+    given, runs every path once untimed first. The generation line tables are built before any timing.
     """
     model.eval()
     backbone, tokenizer = model.backbone, model.tokenizer
+    line_tables(tokenizer, backbone.config.vocab_size)  # built once per tokenizer; not part of any timing
+    n_gen = len(batches) if generate_batches is None else generate_batches
     times = {"prefill": 0.0, "rank": 0.0, "gen_newline": 0.0, "gen_fixed": 0.0}
-    scores, targets, choices = [], [], {"gen_newline": [], "gen_fixed": []}
-    users = 0
+    scores, targets, gen_targets, choices = [], [], [], {"gen_newline": [], "gen_fixed": []}
+    users, gen_users = 0, 0
     for i, batch in enumerate(([warmup_batch] if warmup_batch is not None else []) + list(batches)):
         timed = warmup_batch is None or i > 0
+        generate = i - (warmup_batch is not None) < n_gen  # the warm-up batch generates too
         embeds, gate = model.embed(batch), model.gate_weights(batch)
         mask = batch["attention_mask"]
         with model.gated(gate):
@@ -79,6 +84,8 @@ def evaluation_costs(model: nn.Module, batches: Sequence[Mapping[str, Any]], *, 
         users += len(batch["index"])
         scores.append(results["rank"].float().cpu())
         targets.append(torch.as_tensor(batch["target_index"]))
+        gen_users += len(batch["index"]) if generate else 0
+        gen_targets += [int(t) for t in batch["target_index"]] if generate else []
         for name in choices if generate else ():
             choices[name] += [parse_choice(t, titles) for t, titles in zip(results[name], batch["candidate_titles"])]
     target = torch.cat(targets)
@@ -88,11 +95,12 @@ def evaluation_costs(model: nn.Module, batches: Sequence[Mapping[str, Any]], *, 
         "rank_cost_vs_prefill": times["rank"] / times["prefill"],
         "rank_hr@1": float(ranking_metrics(torch.cat(scores), target, ks=(1,))["hr@1"]),
     }
-    if generate:
+    if gen_users:
+        out["gen_users"] = gen_users
         for name in ("gen_newline", "gen_fixed"):
-            m = generation_metrics(choices[name], target)
+            m = generation_metrics(choices[name], gen_targets)
             out[f"{name}_s"] = times[name]
-            out[f"{name}_users_per_s"] = users / times[name]
+            out[f"{name}_users_per_s"] = gen_users / times[name]
             out[f"{name}_hr@1_valid"] = m["hr@1_valid"]
             out[f"{name}_hr@1_all"] = m["hr@1_all"]
             out[f"{name}_valid_ratio"] = m["valid_ratio"]

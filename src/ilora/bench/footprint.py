@@ -17,7 +17,7 @@ from pathlib import Path
 # A short fit of the default config: no validation, a last.ckpt every step, a tiny ranking-only test.
 SHORT_RUN = [
     "logger=csv",
-    "trainer.max_steps=2",
+    "trainer.max_steps=1",
     "trainer.limit_val_batches=0",
     "trainer.enable_progress_bar=false",
     "callbacks.last_checkpoint.every_n_train_steps=1",

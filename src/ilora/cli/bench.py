@@ -108,8 +108,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     print("[bench] evaluation", flush=True)
     batches = _eval_batches(parts["datamodule"], args.users)
-    results.update(evaluation_costs(model, batches, warmup_batch=batches[0],
-                                    max_new_tokens=int(cfg.model.evaluation.max_new_tokens) if args.dry_run else 64))
+    per_batch = int(len(batches[0]["index"]))
+    results.update(evaluation_costs(
+        model, batches, warmup_batch=batches[0] if args.dry_run else None,  # the model has just run the step
+        generate_batches=-(-args.gen_users // per_batch),
+        max_new_tokens=int(cfg.model.evaluation.max_new_tokens) if args.dry_run else 64))
     results["bench_s"] = time.perf_counter() - started
     results["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     results["targets_met"] = {k: report.holds(k, results[k]) for k in report.TARGETS if k in results}
@@ -123,11 +126,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="ilora-bench", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="outputs/bench", help="directory for bench.json, bench.md and the short run")
     p.add_argument("--dry-run", action="store_true", help="tiny random backbone and synthetic data (seconds)")
-    p.add_argument("--users", type=int, default=32, help="test users for the evaluation costs")
+    p.add_argument("--users", type=int, default=32, help="test users for ranking vs prefill")
+    p.add_argument("--gen-users", type=int, default=16, help="of those, users for the two generation timings")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads here and OMP_NUM_THREADS in the training child (default: torch's, "
                         "or 1 for --dry-run or when the 1-min load average >= the core count)")
-    p.add_argument("--step-repeats", type=int, default=3)
+    p.add_argument("--step-repeats", type=int, default=2)
     p.add_argument("--layer-repeats", type=int, default=20)
     p.add_argument("overrides", nargs="*", help="Hydra overrides of the train config (e.g. data=lastfm)")
     return p.parse_args(argv)
