@@ -14,8 +14,8 @@ from ilora.checkpoints import read_run_config
 from ilora.cli import CONFIG_DIR
 from ilora.cli.common import task_wrapper, write_json
 from ilora.cli.components import build_all, instantiate_list
-from ilora.cli.runs import check_checkpoint_fits, claim_run_dir, report_failure
-from ilora.errors import ConfigError, IloraError
+from ilora.cli.runs import check_checkpoint_fits, claim_run_dir, run_or_exit
+from ilora.errors import ConfigError
 
 
 def model_config(cfg: DictConfig) -> DictConfig:
@@ -57,13 +57,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
 def _hydra_main(cfg: DictConfig) -> None:
-    try:
-        metrics, _ = evaluate(cfg)
-    except Exception as error:  # noqa: BLE001
-        report_failure(cfg, error)
-        if isinstance(error, IloraError):
-            raise SystemExit(2) from None
-        raise
+    metrics, _ = run_or_exit(evaluate, cfg)
     for key in sorted(metrics):
         print(f"{key:32s} {metrics[key]:.4f}")
 

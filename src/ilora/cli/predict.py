@@ -16,8 +16,8 @@ from ilora.cli import CONFIG_DIR
 from ilora.cli.common import task_wrapper, write_json
 from ilora.cli.components import build_all
 from ilora.cli.eval import model_config
-from ilora.cli.runs import check_checkpoint_fits, claim_run_dir, report_failure
-from ilora.errors import ConfigError, DataError, IloraError
+from ilora.cli.runs import check_checkpoint_fits, claim_run_dir, run_or_exit
+from ilora.errors import ConfigError, DataError
 
 
 def resolve_items(values: Any, titles: Sequence[str], what: str) -> list[int]:
@@ -87,13 +87,7 @@ def predict(cfg: DictConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")
 def _hydra_main(cfg: DictConfig) -> None:
-    try:
-        ranked, objects = predict(cfg)
-    except Exception as error:  # noqa: BLE001
-        report_failure(cfg, error)
-        if isinstance(error, IloraError):
-            raise SystemExit(2) from None
-        raise
+    ranked, objects = run_or_exit(predict, cfg)
     for row in ranked:
         print(f"{row['rank']:3d}  {row['score']:9.3f}  [{row['item_id']}] {row['title']}")
     if objects["record"].get("generated") is not None:

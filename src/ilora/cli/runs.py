@@ -103,3 +103,14 @@ def continue_wandb_run(cfg: DictConfig, ckpt_path: str | None) -> None:
         with open_dict(wandb_cfg):
             wandb_cfg.id = run_id
             wandb_cfg.resume = "allow"
+
+
+def run_or_exit(task, cfg: DictConfig):
+    """Run a CLI task: a user error marks the run failed, prints one line and exits with status 2."""
+    try:
+        return task(cfg)
+    except Exception as error:  # noqa: BLE001 - everything is reported; only user errors are shortened
+        report_failure(cfg, error)
+        if isinstance(error, IloraError):
+            raise SystemExit(2) from None
+        raise
