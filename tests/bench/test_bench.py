@@ -31,10 +31,10 @@ def test_report_marks_targets():
 
 
 def test_ilora_bench_dry_run(tmp_path, monkeypatch):
-    from ilora.cli.bench import main
+    from ilora.cli.bench import bench
 
     monkeypatch.setenv("ILORA_CACHE", str(ROOT / ".cache"))  # the shared SmolLM2 tokenizer copy
-    results = main(["--dry-run", "--out", str(tmp_path), "--users", "4"])
+    results = bench(["--dry-run", "--out", str(tmp_path), "--users", "4"])
     stored = json.loads((tmp_path / "bench.json").read_text())
     for key in KEYS:
         assert key in stored, key

@@ -137,13 +137,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def bench(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse `argv`, pick the thread count, run; returns the results (also written to --out)."""
     args = parse_args(argv)
     if args.threads is None and (args.dry_run or os.getloadavg()[0] >= (os.cpu_count() or 1)):
         # a busy machine: a 2-thread parallel region waits for a core someone else holds (measured here:
         # tiny matmuls 50x slower at load 9); one thread per side keeps the ratios about the code
         args.threads = 1
     return run(args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    bench(argv)
 
 
 if __name__ == "__main__":
