@@ -86,6 +86,9 @@ class MoELoRALinear(nn.Module):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.dropout = FastDropout(dropout) if dropout > 0 else nn.Identity()
         self.gate: Tensor | None = None  # [B, K], set by gate_context; a plain attribute, never saved
+        # The gate of the last forward that built a graph: activation checkpointing re-runs forward during
+        # backward, after the gate_context has closed; only such re-runs (inside backward) fall back to it.
+        self._graph_gate: Tensor | None = None
         self.adapters_disabled = False
         self.merged = False
         self._unmerged_weight: Tensor | None = None
@@ -127,6 +130,10 @@ class MoELoRALinear(nn.Module):
     def _rank_gate(self, x: Tensor) -> Tensor | None:
         """Scaled gate in rank space, shaped to broadcast against x: [B, 1.., r] (None: K=1, no gate)."""
         gate = self.gate
+        if gate is None and self._graph_gate is not None and torch._C._current_graph_task_id() != -1:
+            gate = self._graph_gate  # a checkpointed layer re-running its forward during backward
+        elif gate is not None and torch.is_grad_enabled():
+            self._graph_gate = gate
         if gate is None:
             if self.num_experts == 1:
                 return None
