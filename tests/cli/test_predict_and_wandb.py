@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,10 @@ def test_wandb_offline_run_has_metrics_gate_heatmap_and_resumable_id(train_cfg, 
     cfg, _, _ = _train_tiny(train_cfg, "logger=wandb")
     runs = list((Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
-    keys = wandb_keys(next(runs[0].glob("run-*.wandb")))
+    run_file = next(runs[0].glob("run-*.wandb"))
+    deadline = time.time() + 30  # wandb-core appends the last records asynchronously after finish() returns
+    while "test/rank_hr@1" not in (keys := wandb_keys(run_file)) and time.time() < deadline:
+        time.sleep(0.5)
     for key in ("train/loss", "train/gate_entropy", "train/expert_0_weight", "val/rank_hr@1", "val/gen_valid_ratio",
                 "val/expert_0_top_share", "test/rank_hr@1", "test/gen_hr@1_valid"):
         assert key in keys, key
