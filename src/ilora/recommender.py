@@ -33,6 +33,7 @@ from ilora.evaluation.generation import generate_answers, generation_metrics, pa
 from ilora.evaluation.ranking import score_candidates
 from ilora.metrics import bootstrap_ci, per_example_hits, ranking_metrics
 from ilora.projector import ItemProjector
+from ilora.state import check_state_fits
 
 
 class NonFiniteLossError(IloraError):
@@ -334,20 +335,9 @@ class Recommender(pl.LightningModule):
         if not isinstance(state, Mapping):
             raise CheckpointError("checkpoint has no state_dict: not an ilora training checkpoint")
         expected = {k: v.shape for k, v in self.state_dict().items() if k in self.trainable_state_keys()}
-        missing = sorted(expected.keys() - state.keys())
-        unexpected = sorted(state.keys() - expected.keys())
-        if missing or unexpected:
-            raise CheckpointError(
-                f"checkpoint does not fit this model (different backbone/adapter/gate?): "
-                f"{len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
-            )
+        check_state_fits(state, expected, what="checkpoint",
+                         hint="different backbone/adapter/gate? check adapter.rank / adapter.num_experts / backbone")
         self._resumed_rng_state = checkpoint.get("torch_rng_state")
-        for key, shape in expected.items():
-            if tuple(state[key].shape) != tuple(shape):
-                raise CheckpointError(
-                    f"checkpoint tensor {key} has shape {tuple(state[key].shape)}, the model expects {tuple(shape)} "
-                    "(check adapter.rank / adapter.num_experts / backbone)"
-                )
 
 
 def summarize(records: list[dict[str, Any]], prefix: str = "") -> dict[str, float]:

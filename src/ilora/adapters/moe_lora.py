@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ilora.adapters.dropout import FastDropout
-from ilora.errors import CheckpointError, ConfigError
+from ilora.errors import ConfigError
+from ilora.state import check_state_fits
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SCALINGS = ("expert", "rank")
@@ -370,19 +371,8 @@ def adapter_state_dict(module: nn.Module) -> dict[str, Tensor]:
 def load_adapter_state_dict(module: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
     """Copy adapter tensors into `module`; strict on adapter keys, CheckpointError on any mismatch."""
     own = adapter_state_dict(module)
-    missing = sorted(own.keys() - state_dict.keys())
-    unexpected = sorted(state_dict.keys() - own.keys())
-    if missing or unexpected:
-        raise CheckpointError(
-            f"adapter checkpoint does not fit the model: {len(missing)} missing keys {missing[:3]}, "
-            f"{len(unexpected)} unexpected keys {unexpected[:3]} (check adapter.rank/targets)"
-        )
-    for key, target in own.items():
-        if tuple(state_dict[key].shape) != tuple(target.shape):
-            raise CheckpointError(
-                f"adapter checkpoint key {key} has shape {list(state_dict[key].shape)}, "
-                f"the model expects {list(target.shape)} (check adapter.rank / num_experts)"
-            )
+    check_state_fits(state_dict, {k: v.shape for k, v in own.items()}, what="adapter checkpoint",
+                     hint="check adapter.rank / adapter.num_experts / adapter.targets")
     with torch.no_grad():
         for key, target in own.items():
             target.copy_(state_dict[key])
