@@ -29,7 +29,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def read_run_config(path: str | Path) -> dict[str, Any]:
     """The resolved training config stored in an ilora checkpoint."""
-    checkpoint = read_checkpoint(path)
+    return run_config_of(read_checkpoint(path), path)
+
+
+def run_config_of(checkpoint: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """The training config inside a checkpoint already read from `path`."""
     config = (checkpoint.get("hyper_parameters") or {}).get("run_config")
     if not config:
         raise CheckpointError(f"checkpoint {path} carries no run_config: not written by ilora-train")

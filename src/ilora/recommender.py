@@ -165,7 +165,7 @@ class Recommender(pl.LightningModule):
         """Cross-entropy on the answer tokens only; the LM head runs on those positions alone."""
         with self.gated(gate):
             hidden = self.backbone.base_model(
-                inputs_embeds=embeds, attention_mask=batch["attention_mask"]
+                inputs_embeds=embeds, attention_mask=causal_mask_or_none(batch["attention_mask"])
             ).last_hidden_state  # [B, T, D]
         targets = batch["labels"][:, 1:]  # position t predicts token t + 1
         mask = targets != -100
@@ -338,6 +338,14 @@ class Recommender(pl.LightningModule):
         check_state_fits(state, expected, what="checkpoint",
                          hint="different backbone/adapter/gate? check adapter.rank / adapter.num_experts / backbone")
         self._resumed_rng_state = checkpoint.get("torch_rng_state")
+
+
+def causal_mask_or_none(attention_mask: Tensor) -> Tensor | None:
+    """None when every row is right-padded (ones, then zeros): causal attention alone is then exact for the real
+    tokens, and SDPA takes its mask-free path (no [B, 1, T, T] mask, grouped-query heads not repeated)."""
+    if attention_mask.shape[1] < 2 or bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all()):
+        return None
+    return attention_mask
 
 
 def summarize(records: list[dict[str, Any]], prefix: str = "") -> dict[str, float]:

@@ -5,7 +5,14 @@ import torch
 from torch import nn
 
 from ilora.adapters import MoELoRALinear
-from ilora.adapters.dropout import FastDropout
+from ilora.adapters.dropout import FastDropout, _drop_mask
+
+
+def _next_mask(x, threshold, seed):
+    """The mask `FastDropout.project` draws right after `torch.manual_seed(seed)`."""
+    torch.manual_seed(seed)
+    private = int(torch.empty((), dtype=torch.int64).random_().item())
+    return _drop_mask(x, threshold, torch.Generator().manual_seed(private))
 
 
 def test_identity_in_eval_and_for_zero():
@@ -28,10 +35,43 @@ def test_layer_folds_the_rescale_exactly():
     layer = MoELoRALinear(nn.Linear(16, 12), rank=4, num_experts=1, alpha=8, dropout=0.2).train()
     nn.init.normal_(layer.lora_B)
     x = torch.randn(2, 3, 16)
+    mask = _next_mask(x, layer.dropout.threshold, 1)
     torch.manual_seed(1)
     got = layer(x)
-    torch.manual_seed(1)
-    dropped = layer.dropout(x)  # the same mask, rescaled here
+    dropped = x.masked_fill(mask, 0.0) / (1 - layer.dropout.p)  # the same mask, rescaled here
     want = layer.base(x) + layer.scaling * (dropped @ layer.lora_A.T) @ layer.lora_B.T
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_project_recomputes_the_same_mask_for_gradients():
+    """Backward redraws the mask from the saved seed: values and both gradients equal autograd's on a stored mask."""
+    drop = FastDropout(0.3).train()
+    x = torch.randn(4, 7, 24, requires_grad=True)
+    w = torch.randn(8, 24, requires_grad=True)
+    g = torch.randn(4, 7, 8)
+    mask = _next_mask(x, drop.threshold, 5)
+    assert 0.2 < mask.float().mean().item() < 0.4
+    torch.manual_seed(5)
+    got = drop.project(x, w)
+    torch.randn(1000)  # the global stream moves on before backward: the mask must not follow it
+    got.backward(g)
+    got_grads = x.grad.clone(), w.grad.clone()
+    x.grad = w.grad = None
+    want = torch.nn.functional.linear(x.masked_fill(mask, 0.0), w)
+    want.backward(g)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got_grads, (x.grad, w.grad))
+
+
+def test_project_keeps_no_dropped_copy_of_the_input():
+    """What autograd saves for backward: x itself (shared by q/k/v) and the weight, nothing input-sized besides."""
+    drop = FastDropout(0.1).train()
+    x = torch.randn(3, 5, 16, requires_grad=True)
+    w = torch.randn(4, 16, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        drop.project(x, w)
+        drop.project(x, torch.randn(6, 16, requires_grad=True))
+    big = {t.untyped_storage().data_ptr() for t in saved if t.numel() >= x.numel()}
+    assert big == {x.untyped_storage().data_ptr()}
 

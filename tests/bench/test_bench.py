@@ -42,6 +42,8 @@ def test_ilora_bench_dry_run(tmp_path, monkeypatch):
     assert 0 < stored["flop_utilisation"] < 2
     assert stored["rank_cost_vs_prefill"] > 1  # ranking includes the prompt encoding
     assert 0 < stored["ckpt_ratio"] < 1 and stored["peak_rss_gb"] > 0
+    # the model checkpoint holds the trainable weights; last.ckpt adds AdamW's two moments per weight
+    assert 2 < stored["resume_ckpt_bytes"] / stored["ckpt_bytes"] < 3.5
     assert stored["eval_users"] >= 4 and 0 <= stored["rank_hr@1"] <= 1
     assert set(stored["targets_met"]) == set(report.TARGETS)
     assert "| `layer_ratio` |" in (tmp_path / "bench.md").read_text()

@@ -30,6 +30,7 @@ TINY_BASE = [
     "trainer.enable_progress_bar=false",
     "data.batch_size=4",
     "data.eval_batch_size=4",
+    "trainer.accumulate_grad_batches=1",
     "data.num_candidates=5",
     "data.limit_val_examples=4",
     "data.limit_test_examples=6",

@@ -211,8 +211,9 @@ def bad_checkpoints(trained_run, tmp_path) -> dict[str, Path]:
     key = next(k for k in ckpt["state_dict"] if k.endswith("lora_A"))
     ckpt["state_dict"][key] = torch.zeros(4, ckpt["state_dict"][key].shape[1])
     torch.save(ckpt, reshaped)
+    (best,) = (trained_run / "checkpoints").glob("best-*.ckpt")  # weights only (callbacks.model_checkpoint)
     return {"good": good, "truncated": truncated, "foreign": foreign, "reshaped": reshaped,
-            "missing": tmp_path / "missing.ckpt"}
+            "missing": tmp_path / "missing.ckpt", "best": best}
 
 
 CKPT_CASES = {
@@ -227,6 +228,8 @@ CKPT_CASES = {
     "train: other backbone": ("train", "good", ["+backbone.num_hidden_layers=1"],
                               ["trained with backbone.num_hidden_layers=None, this run has 1"]),
     "train: tensors of another shape": ("train", "reshaped", [], ["lora_A has shape (4, 64), the model expects (8, 64)"]),
+    "train: resume from a weights-only best checkpoint": ("train", "best", [],
+                                                         ["holds model weights only", "resume from checkpoints/last.ckpt"]),
     "eval: missing": ("eval", "missing", [], ["missing.ckpt does not exist"]),
     "eval: truncated": ("eval", "truncated", [], ["truncated.ckpt cannot be read (truncated"]),
     "eval: other adapter shape": ("eval", "good", ["+override.adapter.rank=16"],

@@ -121,7 +121,7 @@ class MoELoRALinear(nn.Module):
             x = x.to(self.lora_A.dtype)
         drop = self.dropout
         if isinstance(drop, FastDropout) and drop.active(x):  # its 1/(1-p) rescale moves to the r-dim side
-            h, drop_scale = F.linear(drop.mask(x), self.lora_A), drop.scale  # [B, T, r]
+            h, drop_scale = drop.project(x, self.lora_A), drop.scale  # [B, T, r]; mask recomputed in backward
         else:
             h, drop_scale = F.linear(drop(x), self.lora_A), 1.0
         g = self._rank_gate(x)  # [B, 1, r] with the scaling folded in, or None (K == 1, no gate)

@@ -1,8 +1,10 @@
 """Memory and disk: peak resident memory of a short `ilora-train` run, and its checkpoint size vs the backbone.
 
-The run is a child process (so its peak RSS is its own, read from `wait4`'s rusage); its `last.ckpt`
-is the checkpoint measured. Backbone size = the frozen backbone's parameter bytes in its training dtype
-(for SmolLM2 on CPU: fp32, the size of the cached dequantised safetensors).
+The run is a child process (so its peak RSS is its own, read from `wait4`'s rusage). It writes both kinds of
+checkpoint the default callbacks keep: `best-*.ckpt` (the model: adapters, projector, gate; what evaluation,
+prediction and sharing use) and `last.ckpt` (the model plus AdamW moments and loop state, for resuming).
+Backbone size = the frozen backbone's parameter bytes in its training dtype (for SmolLM2 on CPU: fp32, the size
+of the cached dequantised safetensors).
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-# A short fit of the default config: no validation, a last.ckpt every step, a tiny ranking-only test.
+# A short fit of the default config (one optimiser step = trainer.accumulate_grad_batches micro-batches), a
+# ranking-only validation on 8 users (so the best checkpoint is written), a last.ckpt, a tiny ranking-only test.
 SHORT_RUN = [
     "logger=csv",
     "trainer.max_steps=1",
-    "trainer.limit_val_batches=0",
+    "trainer.limit_train_batches=${trainer.accumulate_grad_batches}",  # the epoch ends with the step: validation
     "trainer.enable_progress_bar=false",
     "callbacks.last_checkpoint.every_n_train_steps=1",
+    "data.limit_val_examples=8",
     "data.limit_test_examples=8",
     "model.evaluation.generate=false",
 ]
@@ -28,7 +32,7 @@ SHORT_RUN = [
 
 def short_training_run(run_dir: str | os.PathLike, overrides: Sequence[str] = (), *,
                        timeout: float = 900, threads: int | None = None) -> dict[str, object]:
-    """Run `python -m ilora.cli.train` into `run_dir`; returns peak_rss_gb, seconds, and the last.ckpt path.
+    """Run `python -m ilora.cli.train` into `run_dir`; returns peak_rss_gb, seconds, and both checkpoints' sizes.
 
     `threads` sets OMP_NUM_THREADS for the child (None: its default)."""
     run_dir = Path(run_dir)
@@ -54,11 +58,13 @@ def short_training_run(run_dir: str | os.PathLike, overrides: Sequence[str] = ()
     if code != 0:
         tail = log.read_text(errors="replace")[-3000:]
         raise RuntimeError(f"short training run failed (exit {code}): {' '.join(cmd)}\n{tail}")
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"the short training run wrote no {ckpt}")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    best = sorted((run_dir / "checkpoints").glob("best-*.ckpt"))
+    if not last.is_file() or not best:
+        raise FileNotFoundError(f"the short training run wrote no last.ckpt or best-*.ckpt in {last.parent}")
     return {"peak_rss_gb": usage.ru_maxrss * 1024 / 1e9, "train_run_s": time.perf_counter() - start,
-            "ckpt_path": str(ckpt), "ckpt_bytes": ckpt.stat().st_size}
+            "ckpt_path": str(best[-1]), "ckpt_bytes": best[-1].stat().st_size,
+            "resume_ckpt_path": str(last), "resume_ckpt_bytes": last.stat().st_size}
 
 
 def parameter_bytes(module) -> int:

@@ -15,14 +15,15 @@ TARGETS: dict[str, tuple[str, float, str]] = {
     "flop_utilisation": (">=", 0.6, "4 x frozen backbone params x tokens/s / matmul peak measured in the same loop"),
     "rank_cost_vs_prefill": ("<=", 1.6, "ranking (prompt + 20 candidates) / prompt prefill alone"),
     "peak_rss_gb": ("<=", 3.0, "peak resident memory of a short ilora-train run (GB)"),
-    "ckpt_ratio": ("<=", 0.05, "last.ckpt size / backbone size"),
+    "ckpt_ratio": ("<=", 0.05, "model checkpoint (best-*.ckpt: adapters, projector, gate) / backbone size"),
 }
 INFO = (
     "gen_newline_users_per_s", "gen_fixed_users_per_s", "gen_speedup_vs_fixed64", "rank_hr@1",
     "gen_newline_hr@1_valid", "gen_newline_hr@1_all", "gen_fixed_hr@1_valid", "gen_fixed_hr@1_all",
     "flop_utilisation_matmul", "step_s_ilora", "step_s_ilora_k1", "step_s_peft", "train_tokens_per_s", "achieved_flops", "peak_flops",
     "frozen_params", "matmul_params",
-    "prefill_s", "rank_s", "eval_users", "ckpt_bytes", "backbone_bytes", "train_run_s",
+    "prefill_s", "rank_s", "eval_users", "ckpt_bytes", "resume_ckpt_ratio", "resume_ckpt_bytes", "backbone_bytes",
+    "train_run_s",
 )
 
 

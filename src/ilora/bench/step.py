@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from contextlib import nullcontext
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -56,26 +57,16 @@ def answer_loss(lm: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     return F.cross_entropy(logits.float(), targets[mask])
 
 
-def ilora_step(lm: nn.Module, batch: dict[str, Tensor], *, rank: int, num_experts: int, alpha: float,
-               dropout: float, user_dim: int = 64, lr: float = 2e-4,
-               autocast: torch.dtype | None = None) -> Callable[[], float]:
-    """Inject MoE-LoRA into `lm` (in place) and return a closure running one training step."""
-    apply_moe_lora(lm, rank=rank, num_experts=num_experts, alpha=alpha, dropout=dropout, targets=DEFAULT_TARGETS)
-    params = [p for p in lm.parameters() if p.requires_grad]
-    gate = None
-    if num_experts > 1:
-        device = batch["input_ids"].device
-        gate = nn.Linear(user_dim, num_experts, device=device)
-        params += list(gate.parameters())
-        users = torch.randn(batch["input_ids"].shape[0], user_dim, generator=torch.Generator().manual_seed(1))
-        users = users.to(device)
+def _training_step(lm: nn.Module, params: list[nn.Parameter], batch: dict[str, Tensor], *, lr: float,
+                   autocast: torch.dtype | None, context: Callable[[], Any] = nullcontext) -> Callable[[], float]:
+    """A closure running one AdamW step of the recommender's loss; `context()` wraps forward AND backward (with
+    activation checkpointing, gated layers re-run during backward)."""
     opt = torch.optim.AdamW(params, lr=lr)
     lm.train()
 
     def step() -> float:
         opt.zero_grad(set_to_none=True)
-        ctx = gate_context(lm, torch.softmax(gate(users).float(), -1)) if gate is not None else nullcontext()
-        with ctx:  # backward inside: with activation checkpointing the layers re-run during backward
+        with context():
             with _autocast(lm, autocast):
                 loss = answer_loss(lm, batch)
             loss.backward()
@@ -85,6 +76,21 @@ def ilora_step(lm: nn.Module, batch: dict[str, Tensor], *, rank: int, num_expert
     return step
 
 
+def ilora_step(lm: nn.Module, batch: dict[str, Tensor], *, rank: int, num_experts: int, alpha: float,
+               dropout: float, user_dim: int = 64, lr: float = 2e-4,
+               autocast: torch.dtype | None = None) -> Callable[[], float]:
+    """Inject MoE-LoRA into `lm` (in place) and return a closure running one training step."""
+    apply_moe_lora(lm, rank=rank, num_experts=num_experts, alpha=alpha, dropout=dropout, targets=DEFAULT_TARGETS)
+    params = [p for p in lm.parameters() if p.requires_grad]
+    if num_experts == 1:
+        return _training_step(lm, params, batch, lr=lr, autocast=autocast)
+    device = batch["input_ids"].device
+    gate = nn.Linear(user_dim, num_experts, device=device)
+    users = torch.randn(batch["input_ids"].shape[0], user_dim, generator=torch.Generator().manual_seed(1)).to(device)
+    return _training_step(lm, params + list(gate.parameters()), batch, lr=lr, autocast=autocast,
+                          context=lambda: gate_context(lm, torch.softmax(gate(users).float(), -1)))
+
+
 def peft_step(lm: nn.Module, batch: dict[str, Tensor], *, rank: int, alpha: float, dropout: float,
               lr: float = 2e-4, autocast: torch.dtype | None = None) -> Callable[[], float]:
     """peft LoRA (same rank, same targets) on `lm` and a closure running one training step."""
@@ -92,20 +98,8 @@ def peft_step(lm: nn.Module, batch: dict[str, Tensor], *, rank: int, alpha: floa
 
     cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(DEFAULT_TARGETS))
     model = get_peft_model(lm, cfg)
-    inner = model.base_model.model  # the causal LM with LoRA layers inside
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr)
-    model.train()
-
-    def step() -> float:
-        opt.zero_grad(set_to_none=True)
-        with _autocast(inner, autocast):
-            loss = answer_loss(inner, batch)
-        loss.backward()
-        opt.step()
-        return loss.item()
-
-    return step
+    return _training_step(model.base_model.model, params, batch, lr=lr, autocast=autocast)
 
 
 def step_ratio(lm: nn.Module, *, batch: int = 4, tokens: int = 340, answer: int = 12, rank: int = 8,

@@ -1,6 +1,6 @@
 """`ilora-bench`: cost of iLoRA against LoRA and against this machine's own limits; writes bench.json + bench.md.
 
-Order: a short `ilora-train` child run first (peak RSS, its last.ckpt; on a fresh clone it also builds the
+Order: a short `ilora-train` child run first (peak RSS, its checkpoints; on a fresh clone it also builds the
 encoder and the dequantised backbone caches), then in this process the layer, the training step, the matmul
 peak and evaluation on the trained checkpoint. `--dry-run` does all of it on a tiny random backbone and a
 synthetic dataset in seconds (the test suite runs it).
@@ -81,8 +81,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     run_dir = Path(tempfile.mkdtemp(prefix="train-", dir=out_dir))
     print(f"[bench] short training run -> {run_dir}", flush=True)
-    results.update({k: v for k, v in footprint.short_training_run(run_dir, overrides, threads=args.threads).items() if k != "ckpt_path"})
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    run = footprint.short_training_run(run_dir, overrides, threads=args.threads)
+    ckpt = Path(run.pop("ckpt_path"))  # the best (model) checkpoint: what evaluation loads
+    run.pop("resume_ckpt_path")
+    results.update(run)
 
     cfg = compose(overrides, run_dir)
     parts = build_all(cfg)
@@ -91,6 +93,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     lm, _ = build_backbone(cfg)  # a clean copy of the frozen backbone for the step bench
     results["backbone_bytes"] = footprint.parameter_bytes(lm)
     results["ckpt_ratio"] = results["ckpt_bytes"] / results["backbone_bytes"]
+    results["resume_ckpt_ratio"] = results["resume_ckpt_bytes"] / results["backbone_bytes"]
     dtype = resolve_dtype(cfg.backbone.dtype, cfg.backbone.device)
     results["precision"] = str(dtype).replace("torch.", "")
 

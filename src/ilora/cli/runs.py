@@ -10,7 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ilora.checkpoints import read_checkpoint, read_run_config
+from ilora.checkpoints import read_checkpoint, run_config_of
 from ilora.cli.common import write_json
 from ilora.errors import CheckpointError, ConfigError, IloraError
 
@@ -36,12 +36,19 @@ def claim_run_dir(out_dir: str | Path) -> None:
         )
 
 
-def check_checkpoint_fits(cfg: DictConfig, ckpt_path: str | None) -> None:
+def check_checkpoint_fits(cfg: DictConfig, ckpt_path: str | None, *, resume: bool = False) -> None:
     """Read `ckpt_path` now (missing/truncated: CheckpointError) and compare the model-defining config it was
-    trained with (backbone, adapter shape, encoder architecture, gate) to `cfg`, before anything heavy loads."""
+    trained with (backbone, adapter shape, encoder architecture, gate) to `cfg`, before anything heavy loads.
+    `resume`: training continues from it, so it must carry the optimizer and loop state (a `last.ckpt`)."""
     if not ckpt_path:
         return
-    stored = OmegaConf.create(read_run_config(ckpt_path))
+    checkpoint = read_checkpoint(ckpt_path)
+    if resume and "optimizer_states" not in checkpoint:
+        raise CheckpointError(
+            f"checkpoint {ckpt_path} holds model weights only (a best-* checkpoint) and cannot resume training: "
+            "resume from checkpoints/last.ckpt (or ckpt_path=last); evaluate this one with ilora-eval"
+        )
+    stored = OmegaConf.create(run_config_of(checkpoint, ckpt_path))
     for section, ignored in FIT_SECTIONS.items():
         keys = set(OmegaConf.select(stored, section, default=None) or {}) | set(cfg.get(section) or {})
         for key in sorted(keys - set(ignored)):

@@ -45,7 +45,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
     ckpt_path = resolve_ckpt_path(cfg)
-    check_checkpoint_fits(cfg, ckpt_path)
+    check_checkpoint_fits(cfg, ckpt_path, resume=True)
     parts = build_all(cfg)
     model, datamodule = parts["model"], parts["datamodule"]
     continue_wandb_run(cfg, ckpt_path)
