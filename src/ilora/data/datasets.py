@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ilora.errors import DataError
+from ilora.jsonfile import read_json_object
 
 KNOWN_DATASETS = ("movielens", "lastfm", "steam")
 DOMAINS = ("movie", "artist", "game")
@@ -180,15 +181,8 @@ def _titles_from_table(table: pa.Table, num_items: int, where: Path) -> list[str
 
 
 def _read_meta(path: Path) -> dict:
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from e
-    for key, kind in (("name", str), ("domain", str), ("num_items", int), ("padding_id", int), ("window", int)):
-        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
-            raise DataError(f"{path}: key {key!r} must be a {kind.__name__}, got {meta.get(key)!r}")
+    keys = (("name", str), ("domain", str), ("num_items", int), ("padding_id", int), ("window", int))
+    meta = read_json_object(path, keys, DataError)
     if meta["num_items"] < 1:
         raise DataError(f"{path}: num_items must be >= 1, got {meta['num_items']}")
     if meta["padding_id"] != meta["num_items"]:

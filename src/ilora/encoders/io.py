@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from ilora.encoders.base import SequentialEncoder
 from ilora.encoders.registry import build_encoder, build_from_config
 from ilora.errors import CheckpointError, ConfigError
+from ilora.jsonfile import read_json_object
 
 WEIGHTS = "encoder.safetensors"
 CONFIG = "config.json"
@@ -47,17 +48,9 @@ def save_encoder(
 def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     """The validated config.json of an encoder artefact."""
     path = Path(directory) / CONFIG
-    if not path.is_file():
-        raise CheckpointError(f"{path}: encoder config not found (train one with `ilora-train-encoder`)")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, got {type(config).__name__}")
-    for key, kind in (("format", int), ("name", str), ("num_items", int), ("hidden_dim", int), ("hparams", dict)):
-        if not isinstance(config.get(key), kind) or isinstance(config.get(key), bool):
-            raise CheckpointError(f"{path}: key {key!r} must be a {kind.__name__}, got {config.get(key)!r}")
+    keys = (("format", int), ("name", str), ("num_items", int), ("hidden_dim", int), ("hparams", dict))
+    config = read_json_object(path, keys, CheckpointError,
+                              missing="encoder config not found (train one with `ilora-train-encoder`)")
     if config["format"] != FORMAT:
         raise CheckpointError(f"{path}: format {config['format']} is not supported (expected {FORMAT})")
     if config["hparams"].get("hidden_dim", config["hidden_dim"]) != config["hidden_dim"]:
