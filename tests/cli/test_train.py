@@ -39,10 +39,16 @@ def test_checkpoint_holds_only_trainable_tensors(train_cfg):
     assert not any(k.startswith(("encoder.", "backbone.model.embed_tokens")) for k in ckpt["state_dict"])
 
 
-def test_eval_from_checkpoint_reproduces_train_time_test_metrics(train_cfg, compose_cfg, tmp_path):
-    cfg = train_cfg("test_ckpt=last")
-    metrics, _ = train(cfg)
-    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+@pytest.mark.parametrize("which", ["last", "best"])
+def test_eval_from_checkpoint_reproduces_train_time_test_metrics(which, train_cfg, compose_cfg, tmp_path):
+    cfg = train_cfg(f"test_ckpt={which}")
+    metrics, objects = train(cfg)
+    if which == "last":
+        ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    else:  # the model checkpoint: weights only, what the post-fit test used
+        (ckpt,) = (Path(cfg.paths.output_dir) / "checkpoints").glob("best-*.ckpt")
+        stored = torch.load(ckpt, weights_only=True)
+        assert "optimizer_states" not in stored and set(stored["state_dict"]) == objects["model"].trainable_state_keys()
     eval_cfg = compose_cfg(
         "eval", [f"ckpt_path={ckpt}", "trainer.precision=32-true", "logger=none"], tmp_path / "eval"
     )
