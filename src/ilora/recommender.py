@@ -245,6 +245,8 @@ class Recommender(pl.LightningModule):
             {"index": int(i), "target_index": int(t), "candidates": c.tolist()}
             for i, t, c in zip(batch["index"], batch["target_index"], batch["candidates"])
         ]
+        generate = bool(self.eval_cfg["generate"] and generate)
+        prompt_cache = None  # ranking's prompt KV cache, reused by generation (the prompt is encoded once)
         with self.gated(gate):
             if self.eval_cfg["rank"]:
                 scores = score_candidates(
@@ -254,16 +256,20 @@ class Recommender(pl.LightningModule):
                     cand_input_ids=batch["cand_input_ids"],
                     cand_attention_mask=batch["cand_attention_mask"],
                     length_normalize=bool(self.eval_cfg["length_normalize"]),
+                    keep_prompt_cache=generate,
                 )
+                if generate:
+                    scores, prompt_cache = scores
                 for record, row in zip(records, scores.float().cpu()):
                     record["scores"] = row.tolist()
-            if self.eval_cfg["generate"] and generate:
+            if generate:
                 texts = generate_answers(
                     self.backbone,
                     self.tokenizer,
                     inputs_embeds=embeds,
                     attention_mask=batch["attention_mask"],
                     max_new_tokens=int(self.eval_cfg["max_new_tokens"]),
+                    prompt_cache=prompt_cache,
                 )
                 for record, text, titles in zip(records, texts, batch["candidate_titles"]):
                     record["generated"] = text

@@ -100,3 +100,37 @@ def test_generate_greedy_matches_unstopped_prefix(tiny):
     stopped = generate_answers(model, tok, **kw)
     full = generate_answers(model, tok, **kw, stop_at_newline=False)
     assert stopped == [t.strip().split("\n")[0] for t in full]
+
+
+@pytest.mark.parametrize("experts", [1, 2])
+def test_generation_from_the_ranking_cache_equals_a_fresh_prompt_encoding(tiny, pad, experts):
+    """Ranking's prompt KV cache, cropped to T-1 tokens, serves generation: same greedy tokens, one encoding."""
+    from ilora.adapters import apply_moe_lora, gate_context
+    from ilora.evaluation.ranking import score_candidates
+
+    model, tok = tiny
+    model = copy.deepcopy(model)
+    apply_moe_lora(model, rank=4, num_experts=experts, alpha=8)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.3)
+    left, right = pad
+    ids, mask = left([[5, 17, 30, 8, 99], [44, 7], [3, 3, 9, 12]], tok.pad_token_id)
+    cand, cand_mask = right([[[11, 12], [13]], [[14, 15, 16], [17]], [[18], [19, 20]]], tok.pad_token_id)
+    embeds = model.get_input_embeddings()(ids)
+    gate = torch.softmax(torch.randn(3, experts), -1)
+    kw = dict(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=8, stop_at_newline=False)
+    with gate_context(model, gate):
+        fresh = generate_answers(model, tok, **kw)
+        scores, cache = score_candidates(model, inputs_embeds=embeds, attention_mask=mask, cand_input_ids=cand,
+                                         cand_attention_mask=cand_mask, keep_prompt_cache=True)
+        assert cache.get_seq_length() == ids.shape[1] - 1
+        torch.testing.assert_close(scores, score_candidates(model, inputs_embeds=embeds, attention_mask=mask,
+                                                            cand_input_ids=cand, cand_attention_mask=cand_mask))
+        steps = []
+        hook = model.get_decoder().register_forward_hook(lambda m, a, kw_, out: steps.append(kw_), with_kwargs=True)
+        shared = generate_answers(model, tok, **kw, prompt_cache=cache)
+        hook.remove()
+    assert shared == fresh and any(fresh)
+    first = steps[0].get("inputs_embeds")
+    assert first is not None and first.shape[1] == 1  # only the last prompt token was encoded again

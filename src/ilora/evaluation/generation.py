@@ -12,10 +12,13 @@ taking the first line, so leading newlines do not end the answer), or at eos.
 from __future__ import annotations
 
 import weakref
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from transformers import StoppingCriteria, StoppingCriteriaList
+
+from ilora.evaluation.ranking import cache_kwarg
 
 _TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -63,10 +66,12 @@ class StopAtFirstLine(StoppingCriteria):
 
 @torch.no_grad()
 def generate_answers(model: nn.Module, tokenizer, *, inputs_embeds: Tensor, attention_mask: Tensor,
-                     max_new_tokens: int = 64, stop_at_newline: bool = True) -> list[str]:
+                     max_new_tokens: int = 64, stop_at_newline: bool = True, prompt_cache: Any = None) -> list[str]:
     """Greedy answers for a LEFT-padded batch: inputs_embeds [B, T, D], attention_mask [B, T] -> B strings.
 
     With `stop_at_newline` each string is LLaRA's first line (stripped); otherwise the whole stripped text.
+    `prompt_cache`: a KV cache already holding the first T-1 prompt tokens (`score_candidates(...,
+    keep_prompt_cache=True)`), so only the last prompt token is encoded here. It is consumed (extended).
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
@@ -82,6 +87,7 @@ def generate_answers(model: nn.Module, tokenizer, *, inputs_embeds: Tensor, atte
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         stopping_criteria=criteria,
+        **({} if prompt_cache is None else {cache_kwarg(model): prompt_cache}),
     )  # [B, n]: only new tokens when generating from embeddings
     texts = tokenizer.batch_decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=False)
     return [first_line(t) for t in texts] if stop_at_newline else [t.strip() for t in texts]

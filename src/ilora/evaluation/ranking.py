@@ -18,6 +18,7 @@ The last token of a segment predicts nothing we score, so only the first L-1 tok
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -74,7 +75,7 @@ def _decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     return decoder, head
 
 
-def _cache_kwarg(decoder: nn.Module) -> str:
+def cache_kwarg(decoder: nn.Module) -> str:
     """transformers 5.2x renamed the decoder's `past_key_values` argument to `cache`; accept either."""
     return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
 
@@ -92,11 +93,14 @@ def _check_shapes(inputs_embeds: Tensor, attention_mask: Tensor, cand_ids: Tenso
 @torch.no_grad()
 def score_candidates(model: nn.Module, *, inputs_embeds: Tensor, attention_mask: Tensor, cand_input_ids: Tensor,
                      cand_attention_mask: Tensor, length_normalize: bool = False, method: str = "packed",
-                     head_chunk: int = 1024) -> Tensor:
+                     head_chunk: int = 1024, keep_prompt_cache: bool = False) -> Tensor | tuple[Tensor, Any]:
     """Summed (or per-token mean) log-likelihood of each candidate segment after its prompt.
 
     inputs_embeds [B, T, D] (LEFT-padded prompt), attention_mask [B, T], cand_input_ids / cand_attention_mask
     [B, C, L] (RIGHT-padded segments) -> scores [B, C] (float32). A segment with no real token scores 0.
+    `keep_prompt_cache`: return (scores, cache) with the cache cropped back to the prompt's first T-1 tokens, so
+    that generation can continue from it instead of encoding the prompt again (None for method="repeat",
+    whose cache was expanded to B*C rows).
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not one of {METHODS}")
@@ -109,7 +113,7 @@ def score_candidates(model: nn.Module, *, inputs_embeds: Tensor, attention_mask:
 
     out = decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                   position_ids=prompt_position_ids(attention_mask), use_cache=True)
-    cache_arg = _cache_kwarg(decoder)
+    cache_arg = cache_kwarg(decoder)
     cache = getattr(out, cache_arg)
     first = F.log_softmax(head(out.last_hidden_state[:, -1]).float(), dim=-1)  # [B, V]
     token_lp = torch.zeros(B, C, L, dtype=torch.float32, device=device)
@@ -151,4 +155,9 @@ def score_candidates(model: nn.Module, *, inputs_embeds: Tensor, attention_mask:
     scores = token_lp.sum(-1)
     if length_normalize:
         scores = scores / cand_mask.sum(-1).clamp(min=1)
-    return scores
+    if not keep_prompt_cache:
+        return scores
+    if method != "packed" and L > 1:
+        return scores, None
+    cache.crop(-(cache.get_seq_length() - (inputs_embeds.shape[1] - 1)))  # negative: remove that many tokens
+    return scores, cache
