@@ -249,7 +249,7 @@ class Recommender(pl.LightningModule):
         prompt_cache = None  # ranking's prompt KV cache, reused by generation (the prompt is encoded once)
         with self.gated(gate):
             if self.eval_cfg["rank"]:
-                scores = score_candidates(
+                ranked = score_candidates(
                     self.backbone,
                     inputs_embeds=embeds,
                     attention_mask=batch["attention_mask"],
@@ -258,8 +258,7 @@ class Recommender(pl.LightningModule):
                     length_normalize=bool(self.eval_cfg["length_normalize"]),
                     keep_prompt_cache=generate,
                 )
-                if generate:
-                    scores, prompt_cache = scores
+                scores, prompt_cache = ranked if generate else (ranked, None)
                 for record, row in zip(records, scores.float().cpu()):
                     record["scores"] = row.tolist()
             if generate:
