@@ -87,19 +87,36 @@ class WandbRunId(Callback):
             checkpoint["wandb_run_id"] = str(loggers[0].version)
 
 
-class CheckpointOnSigterm(Callback):
-    """On SIGTERM during fit, save `<dirpath>/<filename>.ckpt` (default `last.ckpt`) before the process exits.
+class LastCheckpointOnStop(Callback):
+    """Keep `<dirpath>/<filename>.ckpt` (default `last.ckpt`) current whenever fit stops: at its end and on SIGTERM.
 
-    Lightning's signal connector notes the SIGTERM and raises `SIGTERMException` at the end of the current
-    training batch; its `on_exception` hook reaches every callback, and this one writes a full resumable
-    checkpoint there (through the trainer's CheckpointIO, so atomically). Other exceptions save nothing: the
-    last periodic checkpoint stays the last good one. Unlike Lightning's `OnExceptionCheckpoint`, the file
-    is kept at teardown.
+    The periodic `last_checkpoint` writes every `every_n_train_steps`, and Lightning's own end-of-fit save of
+    `last.ckpt` is skipped once any periodic one was written, so a run that ends between two saves would leave
+    stale weights for `test_ckpt=last` and for a resume. This writes a full resumable checkpoint at the end of
+    fit. On SIGTERM, Lightning's signal connector raises `SIGTERMException` at the end of the current batch;
+    `on_exception` saves there (through the trainer's CheckpointIO, so atomically). Other exceptions save
+    nothing: the last periodic checkpoint stays the last good one.
     """
 
     def __init__(self, *, dirpath: str, filename: str = "last") -> None:
         self.path = os.path.join(dirpath, f"{filename}.ckpt")
 
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_step > 0:
+            trainer.save_checkpoint(self.path)
+
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
             trainer.save_checkpoint(self.path)
+
+
+def usable_callbacks(callbacks: list[Callback], loggers: list[Any]) -> list[Callback]:
+    """Drop callbacks that need a logger (LearningRateMonitor) from a run without one, saying so once."""
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    if loggers:
+        return callbacks
+    dropped = [c for c in callbacks if isinstance(c, LearningRateMonitor)]
+    if dropped:
+        print("[ilora] logger=none: the learning-rate monitor is off (it writes to a logger)")
+    return [c for c in callbacks if c not in dropped]

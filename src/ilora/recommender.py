@@ -24,7 +24,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import get_cosine_schedule_with_warmup
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from ilora.adapters import apply_moe_lora, gate_context
 from ilora.adapters.gates import gate_entropy, load_balancing_loss
@@ -92,7 +92,7 @@ class Recommender(pl.LightningModule):
         if self.num_experts == 0:  # adapter=none: the zero-shot frozen LLM trains nothing, not even the projector
             self.projector.requires_grad_(False)
         self.optimizer_factory = optimizer
-        self.scheduler_cfg = dict(scheduler) if scheduler else None
+        self.scheduler_cfg = check_scheduler(scheduler)
         self.lr_multipliers = {"projector": 1.0, "gate": 1.0, **(lr_multipliers or {})}
         self.curriculum = curriculum
         self.aux_loss_weight = aux_loss_weight
@@ -101,6 +101,7 @@ class Recommender(pl.LightningModule):
         self.eval_results: dict[str, dict[str, Any]] = {}
         self._eval_records: list[dict[str, Any]] = []
         self._resumed_rng_state: Tensor | None = None
+        self._truncated: dict[str, set[int]] = {}
 
     # ----------------------------------------------------------------- construction
     def _apply_adapter(self, cfg: dict[str, Any]) -> int:
@@ -182,7 +183,18 @@ class Recommender(pl.LightningModule):
             total = max(int(self.trainer.estimated_stepping_batches), 1)
             datamodule.hybrid_probability = min(1.0, self.global_step / total)
 
+    def note_truncated(self, stage: str, batch: Mapping[str, Any]) -> None:
+        """Remember which examples of `stage` had history items dropped to fit the prompt limit."""
+        seen = self._truncated.setdefault(stage, set())
+        if "truncated" in batch:
+            seen.update(batch["index"][batch["truncated"]].tolist())
+
+    def truncated_counts(self) -> dict[str, int]:
+        """Distinct examples per stage whose prompt was shortened at least once (this process's share under DDP)."""
+        return {stage: len(rows) for stage, rows in self._truncated.items()}
+
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+        self.note_truncated("train", batch)
         gate = self.gate_weights(batch)
         loss = self.answer_loss(batch, self.embed(batch), gate)
         batch_size = batch["input_ids"].shape[0]
@@ -214,7 +226,10 @@ class Recommender(pl.LightningModule):
             return optimizer
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = int(math.ceil(float(self.scheduler_cfg.get("warmup_ratio", 0.05)) * total))
-        scheduler = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=warmup, num_training_steps=total)
+        scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+            optimizer, num_warmup_steps=warmup, num_training_steps=total,
+            min_lr_rate=float(self.scheduler_cfg.get("min_lr_ratio", 0.0)),
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _base_lr(self) -> float:
@@ -232,9 +247,11 @@ class Recommender(pl.LightningModule):
 
     # ----------------------------------------------------------------- evaluation
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self.note_truncated("val", batch)
         self._eval_records.extend(self.evaluate_batch(batch, generate=bool(self.eval_cfg["generate_on_val"])))
 
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self.note_truncated("test", batch)
         self._eval_records.extend(self.evaluate_batch(batch))
 
     @torch.no_grad()
@@ -343,6 +360,20 @@ class Recommender(pl.LightningModule):
         check_state_fits(state, expected, what="checkpoint",
                          hint="different backbone/adapter/gate? check adapter.rank / adapter.num_experts / backbone")
         self._resumed_rng_state = checkpoint.get("torch_rng_state")
+
+
+def check_scheduler(scheduler: Mapping[str, Any] | None) -> dict[str, float] | None:
+    """`{warmup_ratio, min_lr_ratio}` both in [0, 1]; unknown keys are a ConfigError (not silently ignored)."""
+    if not scheduler:
+        return None
+    scheduler = dict(scheduler)
+    unknown = sorted(set(scheduler) - {"warmup_ratio", "min_lr_ratio"})
+    if unknown:
+        raise ConfigError(f"model.scheduler.{unknown[0]} is not a scheduler setting (warmup_ratio, min_lr_ratio)")
+    for key, value in scheduler.items():
+        if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+            raise ConfigError(f"model.scheduler.{key}={value!r} must be a number in [0, 1]")
+    return {k: float(v) for k, v in scheduler.items()}
 
 
 def causal_mask_or_none(attention_mask: Tensor) -> Tensor | None:

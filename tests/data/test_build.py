@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from ilora.cli.data import main
 from ilora.data.build import build_dataset, build_splits
 from ilora.data.datasets import load_dataset
-
-ML100K = Path("/work/shared/data/raw/ml-100k")
-LLARA_ML = Path("/work/shared/data/llara/movielens")
 
 
 def _log():
@@ -66,9 +61,9 @@ def test_build_csv_and_cli_guards(tmp_path, capsys):
     assert main(["check", str(tmp_path / "nope")]) == 2
 
 
-@pytest.mark.skipif(not (ML100K / "u.data").is_file(), reason="raw ML-100K not present")
-def test_ml100k_build_matches_llara_shape(tmp_path):
+def test_ml100k_build_matches_llara_shape(tmp_path, shared_data):
     """Our ML-100K build keeps u.data's first line: 82,520 kept interactions (LLaRA 82,519), 943 users."""
+    ML100K, LLARA_ML = shared_data / "raw" / "ml-100k", shared_data / "llara" / "movielens"  # noqa: N806
     rows = build_dataset(ML100K / "u.data", ML100K / "u.item", tmp_path / "ml", seed=0)
     assert (rows["val"], rows["test"]) == (94, 95)
     built, shipped = load_dataset(tmp_path / "ml"), load_dataset("movielens")

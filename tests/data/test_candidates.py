@@ -40,6 +40,19 @@ def test_eval_candidates_valid_and_fixed():
     assert len(np.unique(idx)) > 10  # the target position is drawn, not fixed
 
 
+def test_eval_candidates_do_not_move_when_the_split_changes():
+    """Dropping the longest histories, reversing the rows and appending a long one keep every other row's list."""
+    split = _split()
+    cands = eval_candidates(split, 500, 20, seed=3)
+    longest = max(map(len, split.history))
+    keep = [i for i, h in enumerate(split.history) if len(h) < longest][::-1]
+    edited = Split("test", [split.history[i] for i in keep] + [list(range(100, 140))],
+                   np.concatenate([split.target[keep], [7]]), None)
+    moved = eval_candidates(edited, 500, 20, seed=3)
+    assert np.array_equal(moved[:-1], cands[keep])
+    _assert_valid(moved[-1], list(range(100, 140)), 7, 500)
+
+
 def test_eval_candidates_tiny_catalogue_uses_fallback():
     split = _split(n=30, num_items=25)
     cands = eval_candidates(split, 25, 14, seed=0)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,8 +12,6 @@ from ilora.data.build import llara_movie_title
 from ilora.data.datasets import load_dataset
 from ilora.data.llara_import import convert_frame, import_one
 from ilora.errors import DataError
-
-LLARA = Path("/work/shared/data/llara")
 
 # rows and len_seq distribution (len_seq = max(real, 1)) per SCHEMA.md
 EXPECTED = {
@@ -71,10 +68,9 @@ def test_convert_frame_rejects_inner_padding():
     assert ok["history"].tolist() == [[]]
 
 
-@pytest.mark.skipif(not LLARA.is_dir(), reason="shared LLaRA data not present")
-def test_reimport_steam_equals_shipped(tmp_path, shipped):
+def test_reimport_steam_equals_shipped(tmp_path, shipped, shared_data):
     """Re-running the import reproduces the committed files (the small Steam set keeps this fast)."""
-    assert import_one(LLARA, tmp_path / "out", "steam") == {"train": 1000, "val": 1194, "test": 1194}
+    assert import_one(shared_data / "llara", tmp_path / "out", "steam") == {"train": 1000, "val": 1194, "test": 1194}
     again, ref = load_dataset(tmp_path / "out" / "steam"), shipped["steam"]
     assert again.titles == ref.titles and again.meta == ref.meta
     for split in ("train", "val", "test"):

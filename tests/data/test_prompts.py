@@ -1,14 +1,10 @@
 """Prompt templates: golden renders, verbatim texts, deterministic template choice."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from ilora.data.prompts import PROMPTS, PromptTemplate, get_prompts
 from ilora.errors import ConfigError
-
-SHARED_PROMPTS = Path("/work/shared/data/llara/prompts")
 
 
 def test_movie_template0_golden_hybrid_and_text():
@@ -44,10 +40,9 @@ def test_render_equals_llara_replace_rule():
             assert t.render(["A", "B"], ["C", "D"]) == expected
 
 
-@pytest.mark.skipif(not SHARED_PROMPTS.is_dir(), reason="shared iLoRA prompt files not available")
 @pytest.mark.parametrize("domain", ["movie", "artist", "game"])
-def test_templates_verbatim_from_ilora_files(domain):
-    lines = (SHARED_PROMPTS / f"{domain}.txt").read_text(encoding="utf-8").split("\n")
+def test_templates_verbatim_from_ilora_files(domain, shared_data):
+    lines = (shared_data / "llara" / "prompts" / f"{domain}.txt").read_text(encoding="utf-8").split("\n")
     lines = [line for line in lines if line.strip()]
     assert [t.text for t in PROMPTS[domain].templates] == lines
 

@@ -19,9 +19,16 @@ from ilora.cli.eval import model_config
 from ilora.cli.runs import check_checkpoint_fits, claim_run_dir, run_or_exit
 from ilora.errors import ConfigError, DataError
 
+ID_PREFIX = "id:"
+
 
 def resolve_items(values: Any, titles: Sequence[str], what: str) -> list[int]:
-    """Item ids from ids or exact (case-insensitive) titles; unknown ones name the closest titles."""
+    """Item ids from `id:N` / integers (ids) or exact, case-insensitive titles (any string, digits too).
+
+    A string is always a title, so titles such as "311" or "2002" can be named (quote them on the command
+    line: `history=['311']`); `id:311` is always the id. A bare integer is an id, unless some title reads the
+    same, which is refused as ambiguous rather than guessed. Unknown titles name the closest ones.
+    """
     if isinstance(values, (str, int)):
         values = [values]
     if not isinstance(values, (list, tuple, ListConfig)) or len(values) == 0:
@@ -29,14 +36,26 @@ def resolve_items(values: Any, titles: Sequence[str], what: str) -> list[int]:
     by_title = {t.strip().lower(): i for i, t in enumerate(titles)}
     ids = []
     for value in values:
-        if isinstance(value, int) or (isinstance(value, str) and value.strip().lstrip("-").isdigit()):
-            item = int(value)
+        text = str(value).strip()
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise DataError(f"{what}: {value!r} is neither an item id nor a title")
+        if isinstance(value, int) or text.lower().startswith(ID_PREFIX):
+            number = text[len(ID_PREFIX):].strip() if isinstance(value, str) else text
+            if not number.lstrip("-").isdigit():
+                raise DataError(f"{what}: {value!r} is not an item id (write id:<integer>)")
+            item = int(number)
             if not 0 <= item < len(titles):
                 raise DataError(f"{what}: unknown item id {item} (valid 0..{len(titles) - 1})")
+            same = by_title.get(text.lower(), -1) if isinstance(value, int) else -1
+            if same >= 0:
+                raise DataError(
+                    f"{what}: {value} is ambiguous: item id {value} ({titles[item]!r}) or the title {titles[same]!r} "
+                    f"(id {same}); write id:{value} for the id or '{value}' (quoted) for the title"
+                )
         else:
-            item = by_title.get(str(value).strip().lower(), -1)
+            item = by_title.get(text.lower(), -1)
             if item < 0:
-                close = difflib.get_close_matches(str(value), titles, n=3)
+                close = difflib.get_close_matches(text, titles, n=3)
                 raise DataError(f"{what}: unknown title {value!r}" + (f" (did you mean {close}?)" if close else ""))
         ids.append(item)
     return ids
@@ -55,6 +74,7 @@ def shortlist(encoder: torch.nn.Module, history: list[int], size: int, padding_i
 @task_wrapper
 def predict(cfg: DictConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     run_cfg = model_config(cfg)
+    run_cfg.trainer = {"accelerator": "cpu"}  # predict runs no Trainer: a GPU-trained checkpoint serves on a CPU
     check_checkpoint_fits(run_cfg, cfg.ckpt_path)
     claim_run_dir(cfg.paths.output_dir)
     parts = build_all(run_cfg)

@@ -17,7 +17,8 @@ from ilora.errors import CheckpointError, ConfigError, IloraError
 # What a run writes into its directory; finding any of them there means the directory belongs to another run.
 RUN_FILES = ("status.json", "metrics.json", "config.yaml", "checkpoints", "predictions.json")
 # Config keys that decide the shapes and meaning of the trainable tensors; a checkpoint must agree on all of them.
-FIT_SECTIONS = {"backbone": ("cache_dir", "device", "dtype"), "adapter": ("alpha", "dropout", "scaling"),
+# Where a backbone lives (path, cache_dir) differs between machines; its tensors' fit is checked on load.
+FIT_SECTIONS = {"backbone": ("path", "cache_dir", "device", "dtype"), "adapter": ("alpha", "dropout", "scaling"),
                 "encoder": ("train",), "gate": ()}
 
 

@@ -15,6 +15,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from ilora.callbacks import usable_callbacks
 from ilora.cli import CONFIG_DIR
 from ilora.cli.common import flat_metrics, is_rank_zero, task_wrapper, write_json
 from ilora.cli.components import build_all, encoder_dir, instantiate_list
@@ -49,8 +50,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     parts = build_all(cfg)
     model, datamodule = parts["model"], parts["datamodule"]
     continue_wandb_run(cfg, ckpt_path)
-    callbacks = instantiate_list(cfg.get("callbacks"))
     loggers = instantiate_list(cfg.get("logger"))
+    callbacks = usable_callbacks(instantiate_list(cfg.get("callbacks")), loggers)
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -63,7 +64,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     metrics = {k: v for k, v in flat_metrics(trainer.callback_metrics).items() if k.startswith(("val/", "test/"))}
     for result in model.eval_results.values():  # the last epoch's full set, not a step value
         metrics.update(result["metrics"])
-    for split, count in datamodule.num_truncated.items():
+    for split, count in model.truncated_counts().items():
         metrics[f"data/{split}_prompts_truncated"] = float(count)
         if count and trainer.is_global_zero:
             print(f"[ilora] {count} {split} prompts exceeded {datamodule.prompt_token_limit} tokens "
@@ -90,7 +91,7 @@ def _test_checkpoint(cfg: DictConfig, trainer: pl.Trainer) -> str | None:
 def _hydra_main(cfg: DictConfig) -> float | None:
     try:
         metrics, _ = train(cfg)
-    except SIGTERMException:  # Lightning stopped after the current batch; CheckpointOnSigterm saved last.ckpt
+    except SIGTERMException:  # Lightning stopped after the current batch; LastCheckpointOnStop saved last.ckpt
         last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
         if is_rank_zero():
             write_json(Path(cfg.paths.output_dir) / "status.json", {"status": "interrupted", "resume": str(last)})

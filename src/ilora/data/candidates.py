@@ -1,7 +1,7 @@
 """Seeded candidate lists: the target plus negatives the user has neither seen nor is about to see.
 
-Evaluation candidates are a pure function of (seed, example index, history, target), so every method
-and every run ranks exactly the same 20 titles. Training candidates add the epoch, so each epoch sees
+Evaluation candidates are a pure function of (seed, history, target), so every method and every run
+ranks exactly the same 20 titles, and editing a split leaves the other rows' lists where they were. Training candidates add the epoch, so each epoch sees
 fresh negatives while a resumed run reproduces the same ones.
 """
 
@@ -11,11 +11,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ilora.data.datasets import Split, pad_histories
+from ilora.data.datasets import Split
 from ilora.errors import ConfigError
 
 _EVAL_STREAM = 0  # keeps eval draws apart from any other use of the same seed
-_FALLBACK_STREAM = 1
 
 
 def check_num_candidates(num_candidates: int, num_items: int, forbidden: int, where: str = "") -> None:
@@ -62,51 +61,23 @@ def train_candidates(
 
 
 def eval_candidates(split: Split, num_items: int, num_candidates: int = 20, seed: int = 0) -> np.ndarray:
-    """Fixed candidates `[N, C]` for a val/test split; row i depends only on (seed, i, history_i, target_i).
+    """Fixed candidates `[N, C]` for a val/test split; row i depends only on (seed, history_i, target_i).
 
-    Vectorised: one uniform matrix `[N, 1 + M]` (row i is the i-th block of the seeded stream, so it does not
-    depend on N); column 0 places the target, the rest are draws kept in order when allowed and not repeated.
-    Rows left short (tiny catalogues) fall back to a per-row permutation seeded by (seed, i).
+    Each row draws from its own generator keyed by its content, not by its position or by any other row,
+    so adding, removing or reordering rows of a split never moves the candidates of the rows that stay.
     """
     n = len(split.target)
     c = num_candidates
     if n == 0:
         return np.empty((0, c), dtype=np.int64)
-    window = max(1, max(map(len, split.history), default=0))
-    hist, _ = pad_histories(split.history, -1, window)
-    forbidden_matrix = np.concatenate([hist, split.target[:, None]], axis=1)  # [N, W+1], -1 = empty
-    ordered = np.sort(forbidden_matrix, axis=1)
-    distinct = (ordered >= 0).sum(1) - ((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)).sum(1)
-    worst = int(np.argmax(distinct))
-    check_num_candidates(c, num_items, int(distinct[worst]), f" for {split.name} example {worst}")
-
-    m = 2 * c + window + 1  # draws per row: enough for nearly every row on real catalogues
-    rng = np.random.default_rng(np.random.SeedSequence([seed, _EVAL_STREAM]))
-    u = rng.random((n, 1 + m))
-    position = np.minimum((u[:, 0] * c).astype(np.int64), c - 1)
-    draws = np.minimum((u[:, 1:] * num_items).astype(np.int64), num_items - 1)  # [N, M]
-    allowed = ~(draws[:, :, None] == forbidden_matrix[:, None, :]).any(-1)
-    order = np.argsort(draws, axis=1, kind="stable")
-    sorted_draws = np.take_along_axis(draws, order, axis=1)
-    repeat_sorted = np.zeros_like(allowed)
-    repeat_sorted[:, 1:] = sorted_draws[:, 1:] == sorted_draws[:, :-1]
-    repeat = np.empty_like(repeat_sorted)
-    np.put_along_axis(repeat, order, repeat_sorted, axis=1)  # later copies of a value are repeats
-    keep = allowed & ~repeat
-    keep &= np.cumsum(keep, axis=1) <= c - 1
-
-    negatives = np.empty((n, c - 1), dtype=np.int64)
-    full = keep.sum(1) == c - 1
-    negatives[full] = draws[full][keep[full]].reshape(-1, c - 1)
-    for i in np.flatnonzero(~full).tolist():
-        row_rng = np.random.default_rng(np.random.SeedSequence([seed, _FALLBACK_STREAM, i]))
-        forbidden = set(split.history[i]) | {int(split.target[i])}
-        negatives[i] = _negatives(row_rng, forbidden, num_items, c - 1)
-
+    forbidden = [set(map(int, h)) | {int(t)} for h, t in zip(split.history, split.target.tolist())]
+    worst = max(range(n), key=lambda i: len(forbidden[i]))
+    check_num_candidates(c, num_items, len(forbidden[worst]), f" for {split.name} example {worst}")
     out = np.empty((n, c), dtype=np.int64)
-    is_target = np.arange(c)[None, :] == position[:, None]
-    out[is_target] = split.target
-    out[~is_target] = negatives.reshape(-1)
+    for i, (history, target) in enumerate(zip(split.history, split.target.tolist())):
+        rng = np.random.default_rng(np.random.SeedSequence([seed, _EVAL_STREAM, int(target), *map(int, history)]))
+        negatives = _negatives(rng, forbidden[i], num_items, c - 1)
+        out[i] = np.insert(negatives, int(rng.integers(c)), int(target))
     return out
 
 

@@ -53,8 +53,9 @@ class PromptCollator:
     `mode="train"`: prompt + answer, right-padded, `labels` on the answer only.
     `mode="eval"`: prompt only, left-padded (generation and KV-shared ranking), no `labels`.
     Both carry `cand_input_ids [B, C, Lc]` and the item slots `slot_batch/slot_pos/slot_items [S]`.
-    `max_prompt_tokens`: drop the oldest history items (whole titles) until the prompt fits;
-    `num_truncated` counts the examples shortened so far. When it is None and `context_tokens` (the
+    `max_prompt_tokens`: drop the oldest history items (whole titles) until the prompt fits; the batch's
+    `truncated [B]` (bool) marks the examples shortened (the module counts distinct ones: the collator keeps no
+    count, since DataLoader workers collate in copies of it). When it is None and `context_tokens` (the
     backbone's context length) is given, the limit is derived: the context minus the longest continuation,
     i.e. max(longest answer segment, `reserve_tokens` for generation).
     """
@@ -86,7 +87,6 @@ class PromptCollator:
         self.padding_id, self.window, self.prompts, self.seed = padding_id, window, prompts, seed
         self.max_prompt_tokens, self.text_only = max_prompt_tokens, text_only
         self.hybrid_probability = hybrid_probability
-        self.num_truncated = 0
 
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if self.pad_id is None:
@@ -175,11 +175,11 @@ class PromptCollator:
         hybrid = self._hybrid(epoch, int(index[0]))
         templates = self.prompts.choose(index, seed=self.seed, epoch=epoch, train=self.train)
 
-        seqs, labels_from, slot_rows, slot_offsets, slot_items = [], [], [], [], []
+        seqs, labels_from, slot_rows, slot_offsets, slot_items, truncated = [], [], [], [], [], []
         for b, (hist, row, t) in enumerate(zip(histories, cands.tolist(), templates.tolist())):
             head, middle, tail = self.parts[t]
             drop = self._fit_history(hist, row, self.parts[t], hybrid)
-            self.num_truncated += drop > 0
+            truncated.append(drop > 0)
             shown = hist[drop:]
             ids, slots = self.prefix + head, []
             self._items(shown, hybrid, ids, slots)
@@ -210,6 +210,7 @@ class PromptCollator:
             batch["labels"] = torch.where(answer, input_ids, IGNORE_INDEX)
         batch.update(self._item_keys(histories, cands, target, index))
         batch["hybrid"] = hybrid
+        batch["truncated"] = torch.tensor(truncated, dtype=torch.bool)
         return batch
 
     def _hybrid(self, epoch: int, first_index: int) -> bool:

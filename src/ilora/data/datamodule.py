@@ -163,11 +163,6 @@ class RecDataModule(L.LightningDataModule):
             return next(iter(self.collators.values())).max_prompt_tokens
         return self.hparams.max_prompt_tokens
 
-    @property
-    def num_truncated(self) -> dict[str, int]:
-        """Examples whose oldest history items were dropped to fit `max_prompt_tokens`, per split."""
-        return {name: c.num_truncated for name, c in self.collators.items()}
-
     def set_epoch(self, epoch: int) -> None:
         """Epoch for train candidates and order when no trainer drives the sampler."""
         self._epoch = int(epoch)

@@ -40,7 +40,7 @@ class Recipe:
     batch_size: int = 256
     max_epochs: int = 50
     patience: int = 5
-    monitor: str = "val/hr@1"  # any logged val metric; names ending in "loss" are minimised
+    monitor: str = "val/loss"  # any logged val metric; names ending in "loss" are minimised
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> Recipe:
