@@ -1,11 +1,10 @@
-"""Backbone loading: the tiny random model is fast, frozen and seeded; bad settings fail with one clear line."""
+"""Backbone loading: the tiny random model is frozen and seeded; bad settings fail with one clear line."""
 
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 
-import time  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -18,14 +17,12 @@ from ilora.errors import ConfigError  # noqa: E402
 @pytest.fixture(scope="module")
 def tiny():
     load_backbone("tiny_random")  # builds the tokenizer cache once (slow only on a fresh clone)
-    start = time.perf_counter()
     model, tok = load_backbone("tiny_random", dtype="float32", seed=0)
-    return model, tok, time.perf_counter() - start
+    return model, tok
 
 
-def test_tiny_random_is_fast_frozen_and_shares_the_smollm2_vocabulary(tiny):
-    model, tok, seconds = tiny
-    assert seconds < 10
+def test_tiny_random_is_frozen_and_shares_the_smollm2_vocabulary(tiny):
+    model, tok = tiny
     assert not any(p.requires_grad for p in model.parameters()) and not model.training
     assert model.config.vocab_size == len(tok) and model.config.num_hidden_layers == 2
     assert tok.pad_token_id is not None
@@ -33,7 +30,7 @@ def test_tiny_random_is_fast_frozen_and_shares_the_smollm2_vocabulary(tiny):
 
 
 def test_tiny_random_is_seeded_and_leaves_the_global_rng_alone(tiny):
-    model, _, _ = tiny
+    model, _ = tiny
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
@@ -48,7 +45,7 @@ def test_tiny_random_is_seeded_and_leaves_the_global_rng_alone(tiny):
 
 
 def test_hf_kind_loads_a_local_directory(tiny, tmp_path):
-    model, tok, _ = tiny
+    model, tok = tiny
     model.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     loaded, loaded_tok = load_backbone("hf", path=str(tmp_path), dtype="float32")
@@ -123,9 +120,7 @@ def test_smollm2_loads_from_its_cache_and_answers():
     from ilora.evaluation.generation import generate_answers
 
     load_backbone("smollm2_135m", dtype="float32")  # builds the cached copy on a fresh clone (~35 s)
-    start = time.perf_counter()
     model, tok = load_backbone("smollm2_135m", dtype="float32")
-    assert time.perf_counter() - start < 15
     assert not any(p.requires_grad for p in model.parameters())
     assert type(model.model.layers[0].self_attn.q_proj) is torch.nn.Linear  # plain dequantised weights
     prompt = tok.apply_chat_template([{"role": "user", "content": "Name one fruit. Answer in one word."}],

@@ -94,11 +94,17 @@ def test_generate_stops_at_the_first_line(tiny):
 def test_generate_greedy_matches_unstopped_prefix(tiny):
     """Row-wise: the stopped answer is the first line of the same greedy run without the stop."""
     model, tok = tiny
-    batch = tok(["You watched Alien.", "Hi"], return_tensors="pt", padding=True, padding_side="left")
+    model = copy.deepcopy(model)
+    with torch.no_grad():  # a newline likelier than in the random model: each row breaks at its own position
+        model.lm_head.weight[tok.encode("\n")[0]] *= 3.0
+    batch = tok(["You watched Alien.", "Hi", "History: Heat, Fargo. Next:"], return_tensors="pt", padding=True,
+                padding_side="left")
     embeds = model.get_input_embeddings()(batch["input_ids"])
     kw = dict(inputs_embeds=embeds, attention_mask=batch["attention_mask"], max_new_tokens=12)
     stopped = generate_answers(model, tok, **kw)
     full = generate_answers(model, tok, **kw, stop_at_newline=False)
+    assert all("\n" in t.strip() for t in full[:2]), full  # the stop has something to cut
+    assert len({len(t) for t in stopped}) == 3 and all(s and s != f for s, f in zip(stopped[:2], full))
     assert stopped == [t.strip().split("\n")[0] for t in full]
 
 
