@@ -13,7 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 from ilora.backbones import load_backbone
 from ilora.data.candidates import check_num_candidates
 from ilora.data.datasets import load_dataset
-from ilora.encoders.io import ensure_encoder, load_encoder
+from ilora.encoders.cache import ensure_encoder
+from ilora.encoders.io import load_encoder
 from ilora.errors import ConfigError
 from ilora.recommender import Recommender
 

@@ -289,9 +289,3 @@ def write_dataset(
     pq.write_table(items, root / "items.parquet")
     (root / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
-
-def make_tiny_dataset(directory: str | os.PathLike, num_items: int = 30, num_users: int = 20, seed: int = 0, **kw):
-    """Re-export of `ilora.data.synthetic.make_tiny_dataset` (lazy: synthetic builds on this module)."""
-    from ilora.data.synthetic import make_tiny_dataset as make
-
-    return make(directory, num_items=num_items, num_users=num_users, seed=seed, **kw)

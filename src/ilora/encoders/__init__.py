@@ -4,9 +4,10 @@ Import the heavy parts (Lightning training) from `ilora.encoders.train`; this pa
 """
 
 from ilora.encoders.base import SequentialEncoder
+from ilora.encoders.cache import ensure_encoder
 from ilora.encoders.caser import Caser
 from ilora.encoders.gru4rec import GRU4Rec
-from ilora.encoders.io import ensure_encoder, load_encoder, read_config, save_encoder
+from ilora.encoders.io import load_encoder, read_config, save_encoder
 from ilora.encoders.registry import ENCODERS, build_encoder, build_from_config
 from ilora.encoders.sasrec import SASRec
 

@@ -1,6 +1,6 @@
 """Encoder artefacts: `encoder.safetensors` (weights) + `config.json` (architecture, data, metrics). No pickle.
 
-`ensure_encoder` returns a cached artefact, training it first (lazily importing Lightning) when absent.
+`ilora.encoders.cache.ensure_encoder` (a layer above, beside training) returns a cached artefact or trains it.
 
 `load_encoder` checks everything before returning: the config's keys and types, the architecture it names,
 and every tensor's name and shape against a freshly built encoder. Any problem is one CheckpointError
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ilora.encoders.base import SequentialEncoder
-from ilora.encoders.registry import build_encoder, build_from_config
+from ilora.encoders.registry import build_encoder
 from ilora.errors import CheckpointError, ConfigError
 from ilora.jsonfile import read_json_object
 
@@ -90,37 +89,3 @@ def freeze(encoder: SequentialEncoder) -> SequentialEncoder:
     """No gradients, eval mode (dropout off): how the LLM stage uses a pretrained encoder."""
     encoder.requires_grad_(False)
     return encoder.eval()
-
-
-def ensure_encoder(
-    data_dir: str | os.PathLike, data_name: str, encoder_cfg: Mapping[str, Any], out_dir: str | os.PathLike,
-    seed: int = 0,
-) -> Path:
-    """Path of a trained encoder in `out_dir`, training it first when `config.json` / weights are missing.
-
-    A cached artefact must match the request (dataset, encoder name, seed, architecture; the training recipe
-    is not compared); otherwise CheckpointError says which setting differs, rather than silently reusing or
-    overwriting it.
-    """
-    out = Path(out_dir)
-    encoder_cfg = dict(encoder_cfg)
-    if not (out / CONFIG).is_file() or not (out / WEIGHTS).is_file():
-        from ilora.encoders.train import train_encoder  # lazy: Lightning only when training is needed
-
-        train_encoder(data_dir=data_dir, data_name=data_name, encoder_cfg=encoder_cfg, out_dir=out, seed=seed)
-        return out
-    config = read_config(out)
-    arch = build_from_config(encoder_cfg, config["num_items"]).hparams()
-    want = {"dataset": data_name, "name": encoder_cfg.get("name"), "seed": seed,
-            **{f"hparams.{k}": v for k, v in arch.items()}}
-    have = {"dataset": config.get("dataset"), "name": config["name"], "seed": config.get("train", {}).get("seed"),
-            **{f"hparams.{k}": v for k, v in config["hparams"].items()}}
-    for key, value in want.items():
-        if have.get(key) != value:
-            raise CheckpointError(
-                f"{out / CONFIG}: cached encoder has {key}={have.get(key)!r} but {value!r} was requested; "
-                f"delete {out} or choose another output directory"
-            )
-    return out
-
-

@@ -1,7 +1,7 @@
-"""Train, select on val, test and save one encoder (used by `ilora-train-encoder` and `io.ensure_encoder`).
+"""Train, select on val, test and save one encoder (used by `ilora-train-encoder` and `cache.ensure_encoder`).
 
 The recipe (`lr`, `weight_decay`, `batch_size`, `max_epochs`, `patience`, `monitor`) lives in the encoder
-config's `train` block (conf/encoder/<name>.yaml) so that `io.ensure_encoder`, called by the LLM stage with
+config's `train` block (conf/encoder/<name>.yaml) so that `cache.ensure_encoder`, called by the LLM stage with
 only that config, trains exactly what `ilora-train-encoder` would. Model selection: EarlyStopping and
 ModelCheckpoint on `val/hr@1` over the fixed 20-candidate val lists; the best weights are reloaded (a
 temporary weights-only Lightning checkpoint, read with `torch.load(weights_only=True)`) before testing and
