@@ -91,19 +91,30 @@ class LastCheckpointOnStop(Callback):
     """Keep `<dirpath>/<filename>.ckpt` (default `last.ckpt`) current whenever fit stops: at its end and on SIGTERM.
 
     The periodic `last_checkpoint` writes every `every_n_train_steps`, and Lightning's own end-of-fit save of
-    `last.ckpt` is skipped once any periodic one was written, so a run that ends between two saves would leave
-    stale weights for `test_ckpt=last` and for a resume. This writes a full resumable checkpoint at the end of
-    fit. On SIGTERM, Lightning's signal connector raises `SIGTERMException` at the end of the current batch;
-    `on_exception` saves there (through the trainer's CheckpointIO, so atomically). Other exceptions save
-    nothing: the last periodic checkpoint stays the last good one.
+    `last.ckpt` is skipped once any periodic one was written, so a run that ended between two saves left stale
+    weights for `test_ckpt=last`. This saves after the batch that reaches `max_steps` (the loop state then
+    reads "mid-epoch", exactly as a periodic save at that step would, so a resume with a larger `max_steps`
+    continues the epoch), and at the end of fit when the epochs ran out. On SIGTERM, Lightning's signal
+    connector raises `SIGTERMException` at the end of the current batch; `on_exception` saves there
+    (through the trainer's CheckpointIO, so atomically). Other exceptions save nothing: the last periodic
+    checkpoint stays the last good one.
     """
 
     def __init__(self, *, dirpath: str, filename: str = "last") -> None:
         self.path = os.path.join(dirpath, f"{filename}.ckpt")
+        self._saved_step = -1
+
+    def _save(self, trainer: pl.Trainer) -> None:
+        if trainer.global_step > 0 and trainer.global_step != self._saved_step:
+            trainer.save_checkpoint(self.path)
+            self._saved_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if 0 < trainer.max_steps <= trainer.global_step:
+            self._save(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.global_step > 0:
-            trainer.save_checkpoint(self.path)
+        self._save(trainer)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":

@@ -95,3 +95,15 @@ def test_last_checkpoint_holds_the_final_step_between_periodic_saves(train_cfg):
     assert ckpt["global_step"] == 3
     final = {k: v for k, v in objects["model"].state_dict().items() if k in ckpt["state_dict"]}
     assert final and all(torch.equal(final[k], ckpt["state_dict"][k]) for k in final)
+
+
+def test_a_run_that_reached_max_steps_resumes_mid_epoch_with_a_larger_budget(train_cfg):
+    """The final last.ckpt keeps the mid-epoch loop state: ckpt_path=<it> with more steps trains on."""
+    first = train_cfg("trainer.max_steps=2", "callbacks.last_checkpoint.every_n_train_steps=100", run="first")
+    train(first)
+    last = Path(first.paths.output_dir) / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 2
+    resumed = train_cfg(f"ckpt_path={last}", "trainer.max_steps=3", run="resumed")
+    _, objects = train(resumed)
+    assert objects["trainer"].global_step == 3
+    assert torch.load(Path(resumed.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
