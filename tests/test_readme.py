@@ -143,9 +143,9 @@ def test_every_readme_command_runs(workspace):
     assert on_val["val/num_examples"] == 4 and "test/num_examples" not in on_val
     assert OmegaConf.load(newest(outputs, "eval/runs/*/config.yaml")).data.eval_batch_size == 2
 
-    step("ilora-predict ckpt_path=PATH history=\"['Toy Story (1995)','Heat (1995)']\"", {"PATH": ckpt})
+    step("ilora-predict ckpt_path=PATH history='[Toy Story,Heat]'", {"PATH": ckpt})
     saved = json.loads(newest(outputs, "predict/runs/*/predictions.json").read_text())
-    assert [load_dataset("movielens").titles[i] for i in saved["history"]] == ["Toy Story (1995)", "Heat (1995)"]
+    assert [load_dataset("movielens").titles[i] for i in saved["history"]] == ["Toy Story", "Heat"]
 
     step("ilora-report DIR", {"DIR": str(sweep)})
     assert (sweep / "report.md").is_file() and (sweep / "hr1_vs_experts.png").is_file()

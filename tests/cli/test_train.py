@@ -107,3 +107,26 @@ def test_a_run_that_reached_max_steps_resumes_mid_epoch_with_a_larger_budget(tra
     _, objects = train(resumed)
     assert objects["trainer"].global_step == 3
     assert torch.load(Path(resumed.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+
+
+def test_random_gate_trains_end_to_end_and_routes_by_example_row(train_cfg):
+    metrics, objects = train(train_cfg("gate=random"))
+    gate = objects["model"].gate
+    assert objects["trainer"].global_step == 4 and gate.num_users > 1 and "test/gate_entropy" in metrics
+    records = [json.loads(line) for line in (Path(objects["trainer"].default_root_dir) / "predictions_test.jsonl")
+               .read_text().splitlines()]
+    gates = torch.tensor([r["gate"] for r in records])
+    expected = gate(torch.zeros(len(records), gate.in_dim), user_index=torch.tensor([r["index"] for r in records]) % gate.num_users)
+    torch.testing.assert_close(gates, expected.detach(), atol=1e-6, rtol=0)  # the row's embedding, not the state
+
+
+def test_gradient_checkpointing_trains_to_the_same_weights(train_cfg):
+    """Recomputing activations in backward changes memory, not the result (dropout off: same random stream)."""
+    plain = train(train_cfg("adapter.dropout=0", run="plain"))[1]["model"]
+    checkpointed = train(train_cfg("adapter.dropout=0", "+backbone.gradient_checkpointing=true", run="ckpt"))[1]["model"]
+    assert checkpointed.backbone.is_gradient_checkpointing and not plain.backbone.is_gradient_checkpointing
+    a = {k: v for k, v in plain.state_dict().items() if k in plain.trainable_state_keys()}
+    b = {k: v for k, v in checkpointed.state_dict().items() if k in a}
+    assert any(k.endswith("lora_B") and v.abs().sum() > 0 for k, v in a.items())  # training moved the adapters
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-4)
