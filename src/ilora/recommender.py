@@ -30,7 +30,7 @@ from ilora.adapters import apply_moe_lora, gate_context
 from ilora.adapters.gates import gate_entropy, load_balancing_loss
 from ilora.errors import CheckpointError, ConfigError, IloraError
 from ilora.evaluation.generation import generate_answers, generation_metrics, parse_choice
-from ilora.evaluation.ranking import score_candidates
+from ilora.evaluation.ranking import candidate_token_logprobs, score_candidates
 from ilora.metrics import bootstrap_ci, per_example_hits, ranking_metrics
 from ilora.projector import ItemProjector
 from ilora.state import check_state_fits
@@ -40,6 +40,9 @@ class NonFiniteLossError(IloraError):
     """The training loss became NaN/inf: the run stops before that step's update (no checkpoint is written)."""
 
 
+# answer: LLaRA/iLoRA's SFT loss on the target title; rank: listwise cross-entropy of the softmax over the
+# candidates' log-likelihoods (the scores evaluation ranks by); answer+rank: answer + rank_weight * rank.
+LOSSES = ("answer", "rank", "answer+rank")
 EVAL_DEFAULTS = {
     "rank": True, "generate": True, "generate_on_val": True, "length_normalize": False, "max_new_tokens": 64,
 }
@@ -59,6 +62,10 @@ class Recommender(pl.LightningModule):
         lr_multipliers: `{projector: 1.0, gate: 1.0}` relative to the optimizer's lr (adapters use 1.0).
         curriculum: LLaRA's curriculum: hybrid prompts with probability step / total steps (else always hybrid).
         aux_loss_weight: weight of the gate load-balancing loss (0 = off, as the paper).
+        loss: `answer` (SFT on the target title, right-padded prompt + answer batches), `rank` (softmax
+            cross-entropy over the candidates' log-likelihoods, summed or per-token mean as
+            `evaluation.length_normalize`, from one packed forward in evaluation's layout; left-padded prompt
+            batches) or `answer+rank` (both from that one forward: answer + rank_weight * rank).
         evaluation: `{rank, generate, generate_on_val, length_normalize, max_new_tokens}` (validation can skip
             generation: checkpoint selection uses the ranking HR@1).
         run_config: the resolved run config (plain dict), stored in checkpoints for `ilora-eval`.
@@ -79,8 +86,15 @@ class Recommender(pl.LightningModule):
         aux_loss_weight: float = 0.0,
         evaluation: Mapping[str, Any] | None = None,
         run_config: Mapping[str, Any] | None = None,
+        loss: str = "answer",
+        rank_weight: float = 1.0,
     ) -> None:
         super().__init__()
+        if loss not in LOSSES:
+            raise ConfigError(f"model.loss={loss!r} is not one of {', '.join(LOSSES)}")
+        if not rank_weight >= 0:
+            raise ConfigError(f"model.rank_weight={rank_weight} must be >= 0")
+        self.loss_kind, self.rank_weight = loss, float(rank_weight)
         self.save_hyperparameters({"run_config": dict(run_config or {})})
         self.backbone = backbone.train()  # adapter dropout on in training; frozen weights are unaffected
         self.tokenizer = tokenizer
@@ -193,10 +207,40 @@ class Recommender(pl.LightningModule):
         """Distinct examples per stage whose prompt was shortened at least once (this process's share under DDP)."""
         return {stage: len(rows) for stage, rows in self._truncated.items()}
 
+    def candidate_losses(self, batch: Mapping[str, Tensor], embeds: Tensor, gate: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(rank loss, answer loss) from one packed pass over a left-padded prompt batch and its candidates.
+
+        The scores are the ones evaluation ranks by (sum, or per-token mean with `length_normalize`); the answer
+        loss is the target segment's mean token negative log-likelihood, as `answer_loss` on the same text.
+        """
+        with self.gated(gate):
+            token_lp = candidate_token_logprobs(
+                self.backbone, inputs_embeds=embeds, attention_mask=batch["attention_mask"],
+                cand_input_ids=batch["cand_input_ids"], cand_attention_mask=batch["cand_attention_mask"],
+            )  # [B, C, L]
+        lengths = batch["cand_attention_mask"].sum(-1)  # [B, C]
+        scores = token_lp.sum(-1)
+        if self.eval_cfg["length_normalize"]:
+            scores = scores / lengths.clamp(min=1)
+        target = batch["target_index"]
+        rows = torch.arange(len(target), device=target.device)
+        answer = -token_lp[rows, target].sum() / lengths[rows, target].sum().clamp(min=1)
+        return F.cross_entropy(scores, target), answer
+
+    def training_loss(self, batch: Mapping[str, Tensor], gate: Tensor | None) -> Tensor:
+        embeds = self.embed(batch)
+        if self.loss_kind == "answer":
+            return self.answer_loss(batch, embeds, gate)
+        rank, answer = self.candidate_losses(batch, embeds, gate)
+        batch_size = batch["input_ids"].shape[0]
+        self.log("train/rank_loss", rank, batch_size=batch_size)
+        self.log("train/answer_loss", answer, batch_size=batch_size)
+        return rank if self.loss_kind == "rank" else answer + self.rank_weight * rank
+
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
         self.note_truncated("train", batch)
         gate = self.gate_weights(batch)
-        loss = self.answer_loss(batch, self.embed(batch), gate)
+        loss = self.training_loss(batch, gate)
         batch_size = batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         if gate is not None:

@@ -130,3 +130,31 @@ def test_gradient_checkpointing_trains_to_the_same_weights(train_cfg):
     assert any(k.endswith("lora_B") and v.abs().sum() > 0 for k, v in a.items())  # training moved the adapters
     for key in a:
         torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-4)
+
+
+def test_eval_on_another_dataset_of_the_same_catalogue_keeps_the_trained_encoder(
+        train_cfg, compose_cfg, tmp_path, tiny_data_dir, encoder_cache):
+    """`ilora-eval data=<other>`: a copy of the data under another name scores exactly as the training data did."""
+    import shutil
+
+    from ilora.data.datasets import load_dataset, write_dataset
+
+    cfg = train_cfg("test_ckpt=last")
+    metrics, _ = train(cfg)
+    data = load_dataset(tiny_data_dir)
+    other = tmp_path / "tiny_again"
+    shutil.copytree(tiny_data_dir, other)
+    meta = json.loads((other / "meta.json").read_text())
+    write_dataset(other, name="tiny_again", domain=data.domain, titles=data.titles,
+                  splits={s: __import__("pandas").read_parquet(tiny_data_dir / f"{s}.parquet") for s in data.splits},
+                  source=meta["source"], terms=meta["terms"], notes=meta.get("notes", []))
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    eval_cfg = compose_cfg("eval", [f"ckpt_path={ckpt}", "logger=none", "trainer.precision=32-true",
+                                    "data=movielens_windows", f"data.dir={other}", "data.name=tiny_again",
+                                    "data.encoder_data=null", "data.num_candidates=5", "data.limit_test_examples=6",
+                                    "data.eval_batch_size=4"], tmp_path / "eval_other")
+    eval_metrics, parts = evaluate(eval_cfg)
+    assert parts["datamodule"].hparams.name == "tiny_again"
+    assert not (encoder_cache / "tiny_again").exists()  # the checkpoint's own encoder, not a new one
+    for key in ("test/rank_hr@1", "test/rank_mrr", "test/rank_ndcg@5"):
+        assert eval_metrics[key] == pytest.approx(metrics[key], abs=1e-6), key

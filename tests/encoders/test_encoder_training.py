@@ -46,14 +46,14 @@ def test_train_examples_have_a_history(tiny_dir):
     assert (history[torch.arange(history.shape[1])[None, :] >= lengths[:, None]] == data.padding_id).all()
 
 
-def test_default_recipe_selects_the_epoch_with_the_lowest_val_loss(tiny_dir, tmp_path):
-    """No `monitor` given: the kept weights are the val-loss minimum's, and val metrics are re-measured on them."""
+def test_default_recipe_selects_the_epoch_with_the_best_val_mrr(tiny_dir, tmp_path):
+    """No `monitor` given: the kept weights are the val-MRR maximum's (first on ties), and val is re-measured."""
     cfg = {**CFG, "train": {"lr": 0.05, "batch_size": 16, "max_epochs": 6, "patience": 10}}
     metrics, _ = train_encoder(data_dir=tiny_dir, data_name="tiny", encoder_cfg=cfg, out_dir=tmp_path / "enc",
                                seed=0, num_candidates=10, log_dir=tmp_path / "logs", verbose=False)
     log = pd.read_csv(tmp_path / "logs" / "metrics.csv")
-    per_epoch = log.dropna(subset=["val/loss"]).groupby("epoch")["val/loss"].first()
+    per_epoch = log.dropna(subset=["val/mrr"]).groupby("epoch")["val/mrr"].first()
     per_epoch = per_epoch[per_epoch.index < 6]  # the fit's epochs (the re-validation logs under the last one)
-    best = int(per_epoch.idxmin())
-    assert read_config(tmp_path / "enc")["train"]["best_epoch"] == best
-    assert metrics["val/loss"] == pytest.approx(per_epoch[best], abs=1e-5)
+    best = int(per_epoch.idxmax())
+    assert per_epoch.nunique() > 1 and read_config(tmp_path / "enc")["train"]["best_epoch"] == best
+    assert metrics["val/mrr"] == pytest.approx(per_epoch[best], abs=1e-6)

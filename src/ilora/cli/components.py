@@ -45,8 +45,16 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"ckpt_path={cfg.ckpt_path} does not exist")
 
 
+def encoder_data(cfg: DictConfig) -> tuple[str, str]:
+    """(name, dir) of the dataset the frozen encoder is trained on: `data.encoder_data` when set (a protocol
+    that shares another dataset's train split, e.g. movielens_windows -> movielens), else the dataset itself."""
+    name = OmegaConf.select(cfg, "data.encoder_data", default=None) or cfg.data.name
+    directory = cfg.data.dir if name == cfg.data.name else str(Path(cfg.paths.data_dir) / name)
+    return name, directory
+
+
 def encoder_dir(cfg: DictConfig) -> Path:
-    return Path(cfg.paths.encoder_dir) / cfg.data.name / cfg.encoder.name / f"seed{cfg.encoder_seed}"
+    return Path(cfg.paths.encoder_dir) / encoder_data(cfg)[0] / cfg.encoder.name / f"seed{cfg.encoder_seed}"
 
 
 def build_datamodule(cfg: DictConfig):
@@ -57,9 +65,11 @@ def build_datamodule(cfg: DictConfig):
         for split in data.splits.values():
             worst = max((len(set(h) | {int(t)}) for h, t in zip(split.history, split.target.tolist())), default=0)
             check_num_candidates(num_candidates, data.num_items, worst, f" in {cfg.data.dir}/{split.name}.parquet")
+    # losses over the candidate pass train on evaluation's layout (left-padded prompts, no answer appended)
+    layout = "answer" if OmegaConf.select(cfg, "model.loss", default="answer") == "answer" else "prompt"
     if is_zero_shot(cfg):  # nothing is trained, so no projector could map item embeddings: titles only
-        return hydra.utils.instantiate(cfg.data, text_only=True)
-    return hydra.utils.instantiate(cfg.data)
+        return hydra.utils.instantiate(cfg.data, text_only=True, train_layout=layout)
+    return hydra.utils.instantiate(cfg.data, train_layout=layout)
 
 
 def is_zero_shot(cfg: DictConfig) -> bool:
@@ -69,9 +79,10 @@ def is_zero_shot(cfg: DictConfig) -> bool:
 
 def build_encoder(cfg: DictConfig):
     """The frozen sequential encoder: trained once and cached per (dataset, encoder, seed)."""
+    name, directory = encoder_data(cfg)
     path = ensure_encoder(
-        data_dir=cfg.data.dir,
-        data_name=cfg.data.name,
+        data_dir=directory,
+        data_name=name,
         encoder_cfg=OmegaConf.to_container(cfg.encoder, resolve=True),
         out_dir=encoder_dir(cfg),
         seed=int(cfg.encoder_seed),
@@ -106,9 +117,24 @@ def build_model(cfg: DictConfig, *, backbone, tokenizer, encoder, num_train_exam
         lr_multipliers=OmegaConf.to_container(model_cfg.lr_multipliers, resolve=True),
         curriculum=bool(model_cfg.curriculum),
         aux_loss_weight=float(model_cfg.aux_loss_weight),
-        evaluation=OmegaConf.to_container(model_cfg.evaluation, resolve=True),
+        evaluation=evaluation_settings(cfg),
         run_config=portable_config(cfg),
+        loss=str(model_cfg.get("loss", "answer")),
+        rank_weight=float(model_cfg.get("rank_weight", 1.0)),
     )
+
+
+def uses_history_prompt(cfg: DictConfig) -> bool:
+    return OmegaConf.select(cfg, "data.prompt", default="llara") == "history"
+
+
+def evaluation_settings(cfg: DictConfig) -> dict[str, Any]:
+    """`model.evaluation`, with generation off for history-only prompts (no listed set to choose from)."""
+    evaluation = OmegaConf.to_container(cfg.model.evaluation, resolve=True)
+    if uses_history_prompt(cfg) and evaluation.get("generate", True):
+        print("[ilora] data.prompt=history lists no candidates: evaluation ranks only (no generation metrics)")
+        evaluation["generate"] = False
+    return evaluation
 
 
 def portable_config(cfg: DictConfig) -> dict[str, Any]:
@@ -127,7 +153,8 @@ def build_all(cfg: DictConfig) -> dict[str, Any]:
     # Prompts longer than the backbone's context lose their oldest history items (whole titles), unless
     # data.max_prompt_tokens sets the limit; generation needs room for its new tokens too.
     evaluation = OmegaConf.select(cfg, "model.evaluation", default=None) or {}
-    reserve = int(evaluation.get("max_new_tokens", 0)) if evaluation.get("generate", True) else 0
+    generates = evaluation.get("generate", True) and not uses_history_prompt(cfg)
+    reserve = int(evaluation.get("max_new_tokens", 0)) if generates else 0
     datamodule.set_tokenizer(tokenizer, context_tokens=getattr(backbone.config, "max_position_embeddings", None),
                              reserve_tokens=reserve)
     # Seed right before the trainable tensors are created: whether the encoder was trained now or read from

@@ -45,6 +45,16 @@ def _build(args: argparse.Namespace) -> None:
     print(f"{args.out}: {rows}")
 
 
+def _build_windows(args: argparse.Namespace) -> None:
+    from ilora.data.windows import build_window_dataset
+
+    _guard(Path(args.out), args.force)
+    rows = build_window_dataset(args.interactions, args.items, args.user_split, args.train, args.out,
+                                min_history=args.min_history, val_per_user=args.val_per_user or None,
+                                test_per_user=args.test_per_user or None, seed=args.seed, name=Path(args.out).name)
+    print(f"{args.out}: {rows}")
+
+
 def _check(args: argparse.Namespace) -> None:
     from ilora.data.datasets import load_dataset
 
@@ -76,6 +86,20 @@ def build_parser() -> argparse.ArgumentParser:
     bld.add_argument("--domain", choices=["movie", "artist", "game"], default="movie")
     bld.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
     bld.set_defaults(func=_build)
+
+    win = sub.add_parser("build-windows", help="the extended MovieLens protocol: LLaRA's train split, every "
+                                               "next-item window of the held-out users (a seeded subset)")
+    win.add_argument("--interactions", required=True, help="ML-100K u.data")
+    win.add_argument("--items", required=True, help="ML-100K u.item")
+    win.add_argument("--user-split", required=True, help="LLaRA's user_split.json")
+    win.add_argument("--train", required=True, help="dataset folder whose train.parquet is kept (data/movielens)")
+    win.add_argument("--out", required=True, help="output dataset folder")
+    win.add_argument("--min-history", type=int, default=3)
+    win.add_argument("--val-per-user", type=int, default=6, help="windows kept per val user (0: all)")
+    win.add_argument("--test-per-user", type=int, default=24, help="windows kept per test user (0: all)")
+    win.add_argument("--seed", type=int, default=0)
+    win.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
+    win.set_defaults(func=_build_windows)
 
     chk = sub.add_parser("check", help="load and validate a dataset folder (or a known name)")
     chk.add_argument("dir")

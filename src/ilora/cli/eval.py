@@ -25,6 +25,11 @@ def model_config(cfg: DictConfig) -> DictConfig:
     merged = OmegaConf.merge(stored, OmegaConf.masked_copy(cfg, own))
     if "logger" in own:  # the checkpoint's loggers must not leak into this run
         merged.logger = cfg.logger
+    if cfg.get("data") is not None:  # evaluate on another dataset of the same catalogue (data=<name>)
+        trained_on = merged.data
+        merged.data = cfg.data
+        if OmegaConf.select(merged, "data.encoder_data") is None and cfg.data.name != trained_on.name:
+            merged.data.encoder_data = trained_on.name  # keep the encoder the checkpoint was trained with
     merged = OmegaConf.merge(merged, cfg.get("override") or {})
     merged.ckpt_path = None
     return merged

@@ -63,19 +63,24 @@ def split_users(users_in_order: np.ndarray, seed: int) -> tuple[np.ndarray, np.n
 
 
 def build_splits(
-    interactions: pd.DataFrame, *, seed: int = 0, window: int = WINDOW, user_split: tuple | None = None
+    interactions: pd.DataFrame, *, seed: int = 0, window: int = WINDOW, user_split: tuple | None = None,
+    eval_windows: str = "last",
 ) -> dict[str, pd.DataFrame]:
     """interactions (`user`, `item`, `timestamp`, optional `rating`; items dense) -> {train, val, test} frames.
 
     `user_split` = (train, val, test) user ids overrides the seeded split (e.g. LLaRA's recovered one).
+    `eval_windows`: `last` (LLaRA: each held-out user's last interaction) or `all` (every interaction of a
+    held-out user, each with its own preceding history: the extended protocol).
     """
+    if eval_windows not in ("last", "all"):
+        raise DataError(f"eval_windows={eval_windows!r} must be 'last' or 'all'")
     order = pd.unique(interactions["user"])
     rank = pd.Series(np.arange(len(order)), index=order)
     frame = interactions.assign(_rank=rank.loc[interactions["user"]].to_numpy())
     frame = frame.sort_values(["_rank", "timestamp"], kind="stable").drop(columns="_rank")
     examples = sequence_examples(frame.reset_index(drop=True), window)
     train_u, val_u, test_u = user_split if user_split is not None else split_users(np.asarray(order), seed)
-    last = ~examples["user"].duplicated(keep="last")
+    last = ~examples["user"].duplicated(keep="last") if eval_windows == "last" else np.ones(len(examples), bool)
     return {
         "train": examples[examples["user"].isin(train_u)].reset_index(drop=True),
         "val": examples[last & examples["user"].isin(val_u)].reset_index(drop=True),
@@ -145,6 +150,25 @@ def build_dataset(
     csv: interactions with header `user,item,timestamp[,rating]` and items `item,title`, item ids already
     dense 0..n-1. Titles are used as given.
     """
+    inter, items = read_logs(interactions_path, items_path, fmt=fmt, min_rating=min_rating)
+    inter_path, item_path = Path(interactions_path), Path(items_path)
+    splits = build_splits(inter, seed=seed)
+    notes = [
+        f"built from {inter_path.name} + {item_path.name} (format {fmt}), min_rating={min_rating}, seed={seed}",
+        "per-user stable time sort; user split int(0.8n)/int(0.1n)/rest; val/test = last interaction per user",
+    ]
+    is_ml = fmt == "ml100k"
+    write_dataset(
+        out, name=name or Path(out).name, domain=domain, titles=items["title"].astype(str).tolist(), splits=splits,
+        source=ML100K_SOURCE if is_ml else f"built from {inter_path.name}", terms=ML100K_TERMS if is_ml else "see source",
+        notes=notes,
+    )
+    return {k: len(v) for k, v in splits.items()}
+
+
+def read_logs(interactions_path: str | os.PathLike, items_path: str | os.PathLike, *, fmt: str = "ml100k",
+              min_rating: int | None = 3) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Checked interactions (`user`, `item`, `timestamp`[, `rating`], rating-filtered) and items (`item`, `title`)."""
     if fmt not in ("ml100k", "csv"):
         raise DataError(f"--format must be ml100k or csv, got {fmt!r}")
     inter_path, item_path = Path(interactions_path), Path(items_path)
@@ -166,15 +190,4 @@ def build_dataset(
         raise DataError(f"{inter_path}: {int(bad.sum())} interactions with item ids missing from {item_path}")
     if inter.empty:
         raise DataError(f"{inter_path}: no interactions left after the rating filter (--min-rating {min_rating})")
-    splits = build_splits(inter.astype({"user": np.int64, "item": np.int64}), seed=seed)
-    notes = [
-        f"built from {inter_path.name} + {item_path.name} (format {fmt}), min_rating={min_rating}, seed={seed}",
-        "per-user stable time sort; user split int(0.8n)/int(0.1n)/rest; val/test = last interaction per user",
-    ]
-    is_ml = fmt == "ml100k"
-    write_dataset(
-        out, name=name or Path(out).name, domain=domain, titles=items["title"].astype(str).tolist(), splits=splits,
-        source=ML100K_SOURCE if is_ml else f"built from {inter_path.name}", terms=ML100K_TERMS if is_ml else "see source",
-        notes=notes,
-    )
-    return {k: len(v) for k, v in splits.items()}
+    return inter.astype({"user": np.int64, "item": np.int64}), items.reset_index(drop=True)

@@ -77,9 +77,14 @@ class PromptCollator:
         reserve_tokens: int = 0,
         text_only: bool = False,
         hybrid_probability: float = 1.0,
+        layout: str | None = None,
     ) -> None:
         if mode not in ("train", "eval"):
             raise ConfigError(f"collator mode={mode!r} must be 'train' or 'eval'")
+        layout = layout or ("answer" if mode == "train" else "prompt")
+        if layout not in ("answer", "prompt") or (mode == "eval" and layout == "answer"):
+            raise ConfigError(f"collator layout={layout!r} must be 'answer' (training) or 'prompt'")
+        self.with_answer = layout == "answer"
         if max_prompt_tokens is not None and max_prompt_tokens < 1:
             raise ConfigError(f"data.max_prompt_tokens={max_prompt_tokens} must be >= 1 or null")
         self.train = mode == "train"
@@ -106,6 +111,7 @@ class PromptCollator:
         self.title_ids = encode([" " + t for t in self.titles], True) if self.titles else []
         self.separator = encode([","], False)[0]
         self.parts = [encode(list(t.parts), False) for t in prompts.templates]
+        self.lists_candidates = [t.lists_candidates for t in prompts.templates]
         if self.max_prompt_tokens is None and context_tokens is not None:
             longest = max(max(map(len, self.title_ids), default=0) + len(self.terminator), int(reserve_tokens))
             self.max_prompt_tokens = int(context_tokens) - longest
@@ -178,25 +184,27 @@ class PromptCollator:
         seqs, labels_from, slot_rows, slot_offsets, slot_items, truncated = [], [], [], [], [], []
         for b, (hist, row, t) in enumerate(zip(histories, cands.tolist(), templates.tolist())):
             head, middle, tail = self.parts[t]
-            drop = self._fit_history(hist, row, self.parts[t], hybrid)
+            listed = row if self.lists_candidates[t] else []
+            drop = self._fit_history(hist, listed, self.parts[t], hybrid)
             truncated.append(drop > 0)
             shown = hist[drop:]
             ids, slots = self.prefix + head, []
             self._items(shown, hybrid, ids, slots)
             ids += middle
-            self._items(row, hybrid, ids, slots)
+            self._items(listed, hybrid, ids, slots)
             ids += tail
             labels_from.append(len(ids))
-            if self.train:
+            if self.with_answer:
                 ids += self.answer_ids(int(target[b]))
             seqs.append(ids)
             slot_rows += [b] * len(slots)
             slot_offsets += slots
-            slot_items += shown + row if hybrid else []
+            slot_items += shown + listed if hybrid else []
 
-        input_ids, attention_mask = pad_sequences(seqs, self.pad_id, left=not self.train)
+        input_ids, attention_mask = pad_sequences(seqs, self.pad_id, left=not self.with_answer)
         rows = torch.tensor(slot_rows, dtype=torch.long)
-        shift = input_ids.shape[1] - attention_mask.sum(1) if not self.train else torch.zeros(len(seqs), dtype=torch.long)
+        shift = (input_ids.shape[1] - attention_mask.sum(1) if not self.with_answer
+                 else torch.zeros(len(seqs), dtype=torch.long))
         batch: dict[str, Any] = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
@@ -204,7 +212,7 @@ class PromptCollator:
             "slot_pos": torch.tensor(slot_offsets, dtype=torch.long) + shift[rows],
             "slot_items": torch.tensor(slot_items, dtype=torch.long),
         }
-        if self.train:
+        if self.with_answer:
             positions = torch.arange(input_ids.shape[1])
             answer = (positions[None, :] >= torch.tensor(labels_from)[:, None]) & attention_mask.bool()
             batch["labels"] = torch.where(answer, input_ids, IGNORE_INDEX)

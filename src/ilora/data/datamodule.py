@@ -76,7 +76,11 @@ class RecDataModule(L.LightningDataModule):
 
     `batch_size` and `eval_batch_size` are global (divided by the world size); `min_history` drops examples
     with shorter real histories (LLaRA keeps `len_seq >= 3`); `domain` / `template` override the prompt set
-    (default: the dataset's domain, all its templates); `limit_*` keep the first rows for smoke runs.
+    (default: the dataset's domain, all its templates); `prompt`: `llara` (candidates listed, as the papers) or
+    `history` (history only; candidates are scored, never listed); `train_layout`: `answer` (prompt + answer,
+    right-padded, for the answer loss) or `prompt` (left-padded prompts, for losses over the candidate pass);
+    `limit_*` keep the first rows for smoke runs; `encoder_data` (read by the entry points, not here) names the
+    dataset whose trained encoder steers this one when they share a train split.
     """
 
     def __init__(
@@ -94,6 +98,9 @@ class RecDataModule(L.LightningDataModule):
         max_prompt_tokens: int | None = None,
         terminator: str | list[int] | None = None,
         text_only: bool = False,
+        prompt: str = "llara",
+        train_layout: str = "answer",
+        encoder_data: str | None = None,
         limit_train_examples: int | None = None,
         limit_val_examples: int | None = None,
         limit_test_examples: int | None = None,
@@ -132,7 +139,7 @@ class RecDataModule(L.LightningDataModule):
             data = load_dataset(self.hparams.dir)
             if self.hparams.name is not None and data.name != self.hparams.name:
                 raise ConfigError(f"data.name={self.hparams.name!r} but {self.hparams.dir}/meta.json says {data.name!r}")
-            get_prompts(self.domain_of(data), self.hparams.template)  # fail now on a bad domain/template
+            get_prompts(self.domain_of(data), self.hparams.template, self.hparams.prompt)  # fail now if bad
             self._data = data
         return self._data
 
@@ -204,7 +211,8 @@ class RecDataModule(L.LightningDataModule):
         data = self.load()
         return PromptCollator(
             self.tokenizer, titles=data.titles, padding_id=data.padding_id, window=data.window,
-            prompts=get_prompts(self.domain_of(data), self.hparams.template), mode=mode, seed=self.hparams.seed,
+            prompts=get_prompts(self.domain_of(data), self.hparams.template, self.hparams.prompt), mode=mode,
+            layout=self.hparams.train_layout if mode == "train" else "prompt", seed=self.hparams.seed,
             terminator=self.hparams.terminator, max_prompt_tokens=self.hparams.max_prompt_tokens,
             context_tokens=self._context[0], reserve_tokens=self._context[1],
             text_only=self.hparams.text_only, hybrid_probability=self._hybrid_probability,

@@ -25,18 +25,28 @@ _TEMPLATE_STREAM = 0x7E3A1  # keeps template draws apart from other uses of the 
 
 @dataclass(frozen=True)
 class PromptTemplate:
-    """One instruction text with `[HistoryHere]` before `[CansHere]`, each exactly once."""
+    """One instruction text with `[HistoryHere]` before `[CansHere]`, each exactly once.
+
+    A history-only template (`data.prompt=history`) has no `[CansHere]`: the candidates are scored, never
+    listed, so the prompt is about half as long; generation (which picks from a listed set) does not apply.
+    """
 
     name: str
     text: str
 
     def __post_init__(self) -> None:
         counts = (self.text.count(HISTORY_HERE), self.text.count(CANS_HERE))
+        if counts == (1, 0):
+            return
         if counts != (1, 1) or self.text.index(HISTORY_HERE) > self.text.index(CANS_HERE):
             raise ConfigError(
                 f"prompt template {self.name!r} must contain {HISTORY_HERE} then {CANS_HERE}, once each "
-                f"(found {counts[0]} and {counts[1]})"
+                f"(found {counts[0]} and {counts[1]}), or {HISTORY_HERE} alone for a history-only prompt"
             )
+
+    @property
+    def lists_candidates(self) -> bool:
+        return CANS_HERE in self.text
 
     @property
     def parts(self) -> tuple[str, str, str]:
@@ -46,7 +56,7 @@ class PromptTemplate:
         `" " + title`) brings its own leading space, so BPE never has to merge across a piece boundary.
         """
         head, rest = self.text.split(HISTORY_HERE)
-        middle, tail = rest.split(CANS_HERE)
+        middle, tail = rest.split(CANS_HERE) if self.lists_candidates else (rest, "")
         return head.rstrip(), middle.rstrip(), tail.rstrip()
 
     def render(self, history: Sequence[str], candidates: Sequence[str], *, hybrid: bool = True) -> str:
@@ -56,7 +66,8 @@ class PromptTemplate:
         def items(titles: Sequence[str], slot: str) -> str:
             return ",".join(f" {t} {slot}" if hybrid else f" {t}" for t in titles)
 
-        return head + items(history, HISTORY_SLOT) + middle + items(candidates, CANS_SLOT) + tail
+        listed = items(candidates, CANS_SLOT) if self.lists_candidates else ""
+        return head + items(history, HISTORY_SLOT) + middle + listed + tail
 
 
 @dataclass(frozen=True)
@@ -137,11 +148,26 @@ PROMPTS: dict[str, PromptSet] = {
 }
 
 
-def get_prompts(domain: str, template: int | None = None) -> PromptSet:
-    """The domain's templates, or only template `template` when set (ConfigError names the bad key)."""
-    if domain not in PROMPTS:
+# `data.prompt=history`: the first sentences of template 0 above, with the question closed instead of a listed set.
+HISTORY_PROMPTS: dict[str, PromptSet] = {
+    "movie": _set("movie", "This user has watched [HistoryHere] in the previous. Please predict the next movie this "
+                           "user will watch. Answer: "),
+    "artist": _set("artist", "This user has listened to [HistoryHere] in the previous. Please predict the next music "
+                             "artist this user will listen to. The answer is "),
+    "game": _set("game", "This user has played [HistoryHere] in the previous. Please predict the next game this user "
+                         "will play. The answer is "),
+}
+PROMPT_STYLES = {"llara": PROMPTS, "history": HISTORY_PROMPTS}
+
+
+def get_prompts(domain: str, template: int | None = None, style: str = "llara") -> PromptSet:
+    """The domain's templates of `style` (`llara`: candidates listed, as the papers; `history`: history only),
+    or only template `template` when set (ConfigError names the bad key)."""
+    if style not in PROMPT_STYLES:
+        raise ConfigError(f"data.prompt={style!r} is not one of {sorted(PROMPT_STYLES)}")
+    if domain not in PROMPT_STYLES[style]:
         raise ConfigError(f"data.domain={domain!r} has no prompt templates; expected one of {sorted(PROMPTS)}")
-    prompts = PROMPTS[domain]
+    prompts = PROMPT_STYLES[style][domain]
     if template is None:
         return prompts
     if not 0 <= template < len(prompts):

@@ -3,7 +3,8 @@
 The recipe (`lr`, `weight_decay`, `batch_size`, `max_epochs`, `patience`, `monitor`) lives in the encoder
 config's `train` block (conf/encoder/<name>.yaml) so that `cache.ensure_encoder`, called by the LLM stage with
 only that config, trains exactly what `ilora-train-encoder` would. Model selection: EarlyStopping and
-ModelCheckpoint on `val/hr@1` over the fixed 20-candidate val lists; the best weights are reloaded (a
+ModelCheckpoint on `val/mrr` over the fixed 20-candidate val lists (HR@1 of ~100 val users ties for epochs;
+full-catalogue val loss rises on LastFM while ranking still improves); the best weights are reloaded (a
 temporary weights-only Lightning checkpoint, read with `torch.load(weights_only=True)`) before testing and
 saving. Ties keep the earliest best epoch (ModelCheckpoint replaces only on strict improvement).
 """
@@ -40,7 +41,7 @@ class Recipe:
     batch_size: int = 256
     max_epochs: int = 50
     patience: int = 5
-    monitor: str = "val/loss"  # any logged val metric; names ending in "loss" are minimised
+    monitor: str = "val/mrr"  # any logged val metric; names ending in "loss" are minimised
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> Recipe:

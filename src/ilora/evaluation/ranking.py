@@ -161,3 +161,61 @@ def score_candidates(model: nn.Module, *, inputs_embeds: Tensor, attention_mask:
         return scores, None
     cache.crop(-(cache.get_seq_length() - (inputs_embeds.shape[1] - 1)))  # negative: remove that many tokens
     return scores, cache
+
+
+def candidate_token_logprobs(model: nn.Module, *, inputs_embeds: Tensor, attention_mask: Tensor,
+                             cand_input_ids: Tensor, cand_attention_mask: Tensor) -> Tensor:
+    """Per-token log-likelihoods `[B, C, L]` of every candidate segment after its prompt, with gradients.
+
+    The training side of `score_candidates`, in the same packed layout (one row per user: the left-padded prompt,
+    then the real tokens of the C segments behind a block mask, positions restarting after the prompt), run
+    as ONE decoder call with a 4D mask [B, 1, T + M, T + M] instead of prompt cache + packed pass, so autograd
+    and activation checkpointing see an ordinary forward. Padding tokens of a segment get log-probability 0.
+    Summing over L gives `score_candidates`' scores (tested).
+    """
+    _check_shapes(inputs_embeds, attention_mask, cand_input_ids, cand_attention_mask)
+    decoder, head = _decoder_and_head(model)
+    device, dtype = inputs_embeds.device, inputs_embeds.dtype
+    attention_mask = attention_mask.to(device).long()
+    cand_ids, cand_mask = cand_input_ids.to(device), cand_attention_mask.to(device).long()
+    B, C, L = cand_ids.shape
+    T = inputs_embeds.shape[1]
+    start = attention_mask.sum(-1)  # prompt lengths [B]
+    rows = torch.arange(B, device=device)
+
+    if L > 1:
+        order, valid = _pack_segments(cand_mask[:, :, :-1])  # [B, M]
+        seg, off = order // (L - 1), order % (L - 1)
+        packed_ids = cand_ids[:, :, :-1].reshape(B, -1).gather(1, order)
+    else:
+        order = seg = off = torch.zeros(B, 0, dtype=torch.long, device=device)
+        valid = torch.zeros(B, 0, dtype=torch.bool, device=device)
+        packed_ids = order
+    M = order.shape[1]
+    prompt_keys = attention_mask.bool()
+    causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+    top = torch.cat([causal[None] & prompt_keys[:, None, :] | torch.eye(T, dtype=torch.bool, device=device)[None],
+                     torch.zeros(B, T, M, dtype=torch.bool, device=device)], dim=-1)  # prompt rows [B, T, T + M]
+    block = (seg[:, :, None] == seg[:, None, :]) & (off[:, None, :] <= off[:, :, None]) & valid[:, None, :]
+    bottom = torch.cat([prompt_keys[:, None, :].expand(B, M, T), block | torch.eye(M, dtype=torch.bool,
+                                                                                     device=device)[None]], dim=-1)
+    allowed = torch.cat([top, bottom], dim=1)[:, None]  # [B, 1, T + M, T + M]
+    mask = torch.where(allowed, torch.zeros((), dtype=dtype, device=device), torch.finfo(dtype).min)
+    embeds = torch.cat([inputs_embeds, model.get_input_embeddings()(packed_ids).to(dtype)], dim=1)
+    positions = torch.cat([prompt_position_ids(attention_mask), start[:, None] + off], dim=1)
+    hidden = decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
+
+    first = F.log_softmax(head(hidden[:, T - 1]).float(), dim=-1)  # [B, V]: every segment's first token
+    token_lp = torch.zeros(B, C, L, dtype=torch.float32, device=device)
+    token_lp = token_lp.index_put((rows[:, None].expand(B, C), torch.arange(C, device=device)[None].expand(B, C),
+                                   torch.zeros(B, C, dtype=torch.long, device=device)),
+                                  first.gather(-1, cand_ids[:, :, 0]))
+    if M:
+        next_ids = cand_ids[:, :, 1:].reshape(B, -1).gather(1, order)
+        take = cand_mask[:, :, 1:].bool().reshape(B, -1).gather(1, order) & valid  # next token is real
+        logits = head(hidden[:, T:][take]).float()  # [N, V]
+        lp = logits.gather(-1, next_ids[take][:, None]).squeeze(-1) - logits.logsumexp(-1)
+        flat_rows = rows[:, None].expand(B, M)[take]
+        flat_pos = order[take]
+        token_lp = token_lp.index_put((flat_rows, flat_pos // (L - 1), flat_pos % (L - 1) + 1), lp)
+    return token_lp * cand_mask
