@@ -89,3 +89,22 @@ def test_bootstrap_ci_rejects_bad_input():
         bootstrap_ci(np.array([]))
     with pytest.raises(ValueError):
         bootstrap_ci(np.ones(3), alpha=1.5)
+
+
+def test_cluster_bootstrap_resamples_whole_users():
+    from ilora.metrics import cluster_bootstrap_ci
+
+    rng = np.random.default_rng(0)
+    per_user = rng.random(40)
+    # one row per user: exactly the example bootstrap (same draws)
+    assert cluster_bootstrap_ci(per_user, np.arange(40)) == pytest.approx(bootstrap_ci(per_user))
+    # five identical windows per user carry no more information than one: same interval, not a narrower one
+    windows, users = np.repeat(per_user, 5), np.repeat(np.arange(40), 5)
+    assert cluster_bootstrap_ci(windows, users) == pytest.approx(bootstrap_ci(per_user))
+    naive = bootstrap_ci(windows)
+    assert naive[1] - naive[0] < 0.6 * (bootstrap_ci(per_user)[1] - bootstrap_ci(per_user)[0])
+    # users with more windows weigh more: the mean is over windows
+    low, high = cluster_bootstrap_ci(np.array([1.0, 1.0, 1.0, 0.0]), np.array([0, 0, 0, 1]), num_samples=2000)
+    assert low == 0.0 and high == 1.0
+    with pytest.raises(ValueError, match="must match"):
+        cluster_bootstrap_ci(np.ones(3), np.arange(2))

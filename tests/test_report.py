@@ -11,7 +11,7 @@ import yaml
 
 from ilora.cli.report import main
 from ilora.metrics import bootstrap_ci
-from ilora.report import build_report, find_run_dirs, per_example_values, user_values
+from ilora.report import build_report, example_values, find_run_dirs, per_example_values
 
 # Per-seed ranking hits of the 4 test users (index 0..3) for the two configurations.
 HITS = {
@@ -111,7 +111,8 @@ def test_report_groups_seeds_and_marks_failures(multirun):
 def test_ci_is_over_users_with_seeds_averaged(multirun):
     groups = _by_k(build_report([multirun]))
     ilora = [r for r in groups[4].runs if r.status == "completed"]
-    index, values = user_values(ilora, "test/rank_hr@1")
+    index, values, users = example_values(ilora, "test/rank_hr@1")
+    assert users.tolist() == index.tolist()  # no `user` in these predictions: each example is its own user
     assert index.tolist() == [0, 1, 2, 3] and values.tolist() == [0.5] * 4
     # Every user averages 0.5, so resampling users cannot move the mean; pooling (user, seed) pairs would.
     assert groups[4].ci == (0.5, 0.5)
@@ -152,3 +153,39 @@ def test_cli_writes_png_and_rejects_empty_dir(multirun, tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no run directories") and str(empty) in err and "\n" not in err
+
+
+def test_paired_difference_vs_the_lora_baseline(multirun, capsys):
+    report = build_report([multirun])  # default baseline: adapter.num_experts=1 (LoRA)
+    (hr1,) = [d for d in report.paired if d.metric == "test/rank_hr@1"]
+    assert hr1.key.num_experts == 4 and hr1.baseline.num_experts == 1
+    # per user (seeds averaged): iLoRA [.5, .5, .5, .5] - LoRA [1, .5, .5, 0] = [-.5, 0, 0, .5]
+    assert hr1.mean == pytest.approx(0.0) and (hr1.num_examples, hr1.num_users) == (4, 4)
+    assert hr1.ci[0] < 0 < hr1.ci[1] and hr1.ci[0] >= -0.5 and hr1.ci[1] <= 0.5
+    md = (multirun / "report.md").read_text()
+    assert "## Paired differences vs the baseline (`adapter.num_experts=1`)" in md
+    assert "| movielens | iLoRA K=4 LinearGate | LoRA K=1 | test/rank_hr@1 | +0.0000 |" in md
+    assert (multirun / "paired_vs_baseline.png").stat().st_size > 0
+    main([str(multirun), "--baseline", "iLoRA"])
+    assert "paired differences vs iLoRA" in capsys.readouterr().out
+    assert not build_report([multirun], baseline=None).paired
+
+
+def test_paired_interval_resamples_users_with_all_their_windows(tmp_path):
+    """Two windows per user, the second a copy of the first: the interval is the one-window-per-user interval."""
+    root = tmp_path / "windows"
+    for num, (kind, seed) in enumerate([("ilora", 0), ("lora", 0)]):
+        path = root / str(num)
+        _write_run(path, kind, seed, {"status": "completed"}, HITS[(kind, seed)])
+        rows = [json.loads(line) for line in (path / "predictions_test.jsonl").read_text().splitlines()]
+        doubled = [{**r, "index": 2 * r["index"] + copy, "user": r["index"]} for r in rows for copy in (0, 1)]
+        (path / "predictions_test.jsonl").write_text("\n".join(json.dumps(r) for r in doubled) + "\n")
+    single = tmp_path / "single"
+    for num, (kind, seed) in enumerate([("ilora", 0), ("lora", 0)]):
+        _write_run(single / str(num), kind, seed, {"status": "completed"}, HITS[(kind, seed)])
+    (windows,) = [d for d in build_report([root]).paired if d.metric == "test/rank_hr@1"]
+    (users,) = [d for d in build_report([single]).paired if d.metric == "test/rank_hr@1"]
+    assert (windows.num_examples, windows.num_users) == (8, 4)
+    assert windows.mean == pytest.approx(users.mean) and windows.ci == pytest.approx(users.ci)
+    naive = bootstrap_ci(np.repeat([0.0, -1.0, 0.0, 0.0], 2))  # treating windows as independent users
+    assert (naive[1] - naive[0]) < (windows.ci[1] - windows.ci[0])

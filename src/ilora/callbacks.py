@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -76,6 +77,41 @@ def gate_heatmap(gates: torch.Tensor) -> Any:
     figure.colorbar(image, ax=axis)
     figure.tight_layout()
     return figure
+
+
+class LearningCurve(Callback):
+    """After every validation: one line `{step, train_examples, val/...}` appended to `<dirpath>/curve.jsonl`.
+
+    `train_examples` counts the examples trained on so far (all processes); it is part of the callback's
+    checkpoint state, so a resumed run (which writes into its own new directory) continues the count there.
+    Validation runs every `trainer.val_check_interval` training batches on `data.limit_val_examples` fixed
+    examples (the first rows of the val split).
+    """
+
+    def __init__(self, *, dirpath: str, filename: str = "curve.jsonl") -> None:
+        self.path = os.path.join(dirpath, filename)
+        self.train_examples = 0
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self.train_examples += int(len(batch["index"])) * trainer.world_size
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or trainer.state.fn != "fit":
+            return
+        result = getattr(pl_module, "eval_results", {}).get("val")
+        if not result:
+            return
+        line = {"step": trainer.global_step, "train_examples": self.train_examples, **result["metrics"]}
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(line, sort_keys=True) + "\n")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_examples": self.train_examples}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.train_examples = int(state_dict.get("train_examples", 0))
 
 
 class WandbRunId(Callback):

@@ -76,3 +76,32 @@ def bootstrap_ci(
     means = x[rng.integers(0, x.size, size=(num_samples, x.size))].mean(axis=1)  # [S]
     low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
     return float(low), float(high)
+
+
+def cluster_bootstrap_ci(
+    values: Tensor | np.ndarray, clusters: Tensor | np.ndarray | None, num_samples: int = 1000, alpha: float = 0.05,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile interval of the mean of `values [N]`, resampling whole clusters (users with all their windows).
+
+    Each bootstrap sample draws as many users as there are, with replacement, and takes the mean over all the
+    rows of the drawn users (a user drawn twice counts twice). With one row per user this is the ordinary
+    example bootstrap. `clusters` None: every row is its own cluster.
+    """
+    x = np.asarray(torch.as_tensor(values).double().cpu().numpy() if isinstance(values, Tensor) else values, float)
+    if x.ndim != 1 or x.size == 0:
+        raise ValueError(f"cluster_bootstrap_ci needs a non-empty 1-D array, got shape {x.shape}")
+    if not 0.0 < alpha < 1.0 or num_samples < 1:
+        raise ValueError(f"need 0 < alpha < 1 and num_samples >= 1, got alpha={alpha}, num_samples={num_samples}")
+    groups = np.arange(x.size) if clusters is None else np.asarray(
+        torch.as_tensor(clusters).cpu().numpy() if isinstance(clusters, Tensor) else clusters)
+    if groups.shape != x.shape:
+        raise ValueError(f"clusters {groups.shape} must match values {x.shape}")
+    _, member = np.unique(groups, return_inverse=True)
+    sums = np.bincount(member, weights=x)
+    counts = np.bincount(member).astype(float)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, sums.size, size=(num_samples, sums.size))  # [S, G]
+    means = sums[picks].sum(axis=1) / counts[picks].sum(axis=1)
+    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return float(low), float(high)

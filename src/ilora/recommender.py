@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -31,7 +32,7 @@ from ilora.adapters.gates import gate_entropy, load_balancing_loss
 from ilora.errors import CheckpointError, ConfigError, IloraError
 from ilora.evaluation.generation import generate_answers, generation_metrics, parse_choice
 from ilora.evaluation.ranking import candidate_token_logprobs, score_candidates
-from ilora.metrics import bootstrap_ci, per_example_hits, ranking_metrics
+from ilora.metrics import cluster_bootstrap_ci, per_example_hits, ranking_metrics
 from ilora.projector import ItemProjector
 from ilora.state import check_state_fits
 
@@ -302,9 +303,10 @@ class Recommender(pl.LightningModule):
     def evaluate_batch(self, batch: Mapping[str, Any], generate: bool = True) -> list[dict[str, Any]]:
         """Rank and/or generate for one left-padded eval batch; one record per example."""
         embeds, gate = self.embed(batch), self.gate_weights(batch)
+        users = batch["user"] if "user" in batch else batch["index"]
         records = [
-            {"index": int(i), "target_index": int(t), "candidates": c.tolist()}
-            for i, t, c in zip(batch["index"], batch["target_index"], batch["candidates"])
+            {"index": int(i), "user": int(u), "target_index": int(t), "candidates": c.tolist()}
+            for i, u, t, c in zip(batch["index"], users, batch["target_index"], batch["candidates"])
         ]
         generate = bool(self.eval_cfg["generate"] and generate)
         prompt_cache = None  # ranking's prompt KV cache, reused by generation (the prompt is encoded once)
@@ -436,7 +438,8 @@ def summarize(records: list[dict[str, Any]], prefix: str = "") -> dict[str, floa
         scores = torch.tensor([r["scores"] for r in records])
         for name, value in ranking_metrics(scores, target_index, ks=(1, 5, 10)).items():
             metrics[f"{prefix}rank_{name}"] = float(value)
-        low, high = bootstrap_ci(per_example_hits(scores, target_index, 1))
+        users = [r.get("user", r["index"]) for r in records]  # windows of one user are resampled together
+        low, high = cluster_bootstrap_ci(per_example_hits(scores, target_index, 1).numpy(), np.asarray(users))
         metrics[f"{prefix}rank_hr@1_ci_low"], metrics[f"{prefix}rank_hr@1_ci_high"] = float(low), float(high)
     if "choice" in records[0]:
         choices = torch.tensor([r["choice"] for r in records])

@@ -33,6 +33,11 @@ DEFAULT_METRIC = "test/rank_hr@1"
 PLOT_NAME = "hr1_vs_experts.png"
 REPORT_NAME = "report.md"
 PREDICTIONS_NAME = "predictions_test.jsonl"
+PAIRED_NAME = "paired_vs_baseline.png"
+CURVES_NAME = "learning_curves.png"
+CURVE_FILE = "curve.jsonl"
+PAIRED_METRICS = ("test/rank_hr@1", "test/rank_ndcg@5")
+DEFAULT_BASELINE = "adapter.num_experts=1"  # LoRA of the same rank
 # (column header, metrics.json key, decimals) of the table, in order.
 COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("HR@1", "test/rank_hr@1", 4),
@@ -307,28 +312,94 @@ def _ranks(rows: Sequence[dict[str, Any]], target: np.ndarray, source: str) -> n
         raise DataError(f"{source}: {e}") from e
 
 
-def user_values(runs: Sequence[Run], metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """`(index [U], value [U])`: each test user's `metric` averaged over the runs (seeds) that scored them.
+def example_values(runs: Sequence[Run], metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`(index [N], value [N], user [N])`: each test example's `metric` averaged over the runs (seeds) that scored
+    it, and the user it belongs to (a protocol with several windows per user has several examples per user;
+    predictions without a `user` count each example as its own user).
 
-    Runs without usable predictions are skipped; no usable run gives two empty arrays.
+    Runs without usable predictions are skipped; no usable run gives three empty arrays.
     """
     sums: dict[int, float] = {}
     counts: dict[int, int] = {}
+    users: dict[int, int] = {}
     for run in runs:
         file = run.path / PREDICTIONS_NAME
         if not file.is_file():
             continue
-        for i, v in per_example_values(read_predictions(file), metric, source=str(file)).items():
+        rows = read_predictions(file)
+        for row in rows:
+            users[int(row["index"])] = int(row.get("user", row["index"]))
+        for i, v in per_example_values(rows, metric, source=str(file)).items():
             sums[i] = sums.get(i, 0.0) + v
             counts[i] = counts.get(i, 0) + 1
     index = np.asarray(sorted(sums), dtype=np.int64)
-    return index, np.asarray([sums[i] / counts[i] for i in index.tolist()], dtype=float)
+    return (index, np.asarray([sums[i] / counts[i] for i in index.tolist()], dtype=float),
+            np.asarray([users[i] for i in index.tolist()], dtype=np.int64))
 
 
-def _bootstrap_ci(values: np.ndarray, num_samples: int = 1000, alpha: float = 0.05, seed: int = 0):
-    from ilora.metrics import bootstrap_ci
+def _bootstrap_ci(values: np.ndarray, users: np.ndarray, num_samples: int = 1000, alpha: float = 0.05, seed: int = 0):
+    from ilora.metrics import cluster_bootstrap_ci
 
-    return bootstrap_ci(values, num_samples=num_samples, alpha=alpha, seed=seed)
+    return cluster_bootstrap_ci(values, users, num_samples=num_samples, alpha=alpha, seed=seed)
+
+
+@dataclass
+class PairedDifference:
+    """Mean of (config - baseline) over the examples both scored, with a paired user-resampling interval."""
+
+    key: ConfigKey
+    baseline: ConfigKey
+    metric: str
+    mean: float
+    ci: tuple[float, float]
+    num_examples: int
+    num_users: int
+
+
+def paired_difference(runs: Sequence[Run], baseline_runs: Sequence[Run], key: ConfigKey, baseline: ConfigKey,
+                      metric: str) -> PairedDifference | None:
+    """Per example: the config's value minus the baseline's (each averaged over its seeds), on the examples both
+    scored; the interval resamples users with all their examples, so the pairing and the clustering both hold.
+    None when the two share no scored example."""
+    index_a, value_a, users = example_values([r for r in runs if r.status == "completed"], metric)
+    index_b, value_b, _ = example_values([r for r in baseline_runs if r.status == "completed"], metric)
+    common, at_a, at_b = np.intersect1d(index_a, index_b, return_indices=True)
+    if common.size == 0:
+        return None
+    diff = value_a[at_a] - value_b[at_b]
+    return PairedDifference(key=key, baseline=baseline, metric=metric, mean=float(diff.mean()),
+                            ci=_bootstrap_ci(diff, users[at_a]), num_examples=int(common.size),
+                            num_users=int(np.unique(users[at_a]).size))
+
+
+def matches(key: ConfigKey, runs: Sequence[Run], spec: str) -> bool:
+    """Does a configuration match `--baseline` (comma-separated `config.key=value`, or a label: LoRA, iLoRA, ...)?"""
+    if "=" not in spec:
+        return key.label.lower() == spec.strip().lower()
+    config = next((r.config for r in runs if r.config), {})
+    for part in spec.split(","):
+        name, _, want = part.partition("=")
+        if str(_select(config, name.strip(), "\0")) != want.strip():
+            return False
+    return True
+
+
+def paired_differences(groups: dict[ConfigKey, list[Run]], baseline: str,
+                       metrics: Sequence[str] = PAIRED_METRICS) -> list[PairedDifference]:
+    """Every configuration against the baseline configuration of its dataset (the one matching `baseline`)."""
+    out = []
+    for data in sorted({k.data for k in groups}):
+        mine = {k: v for k, v in groups.items() if k.data == data}
+        bases = [k for k, v in mine.items() if matches(k, v, baseline)]
+        if len(bases) != 1:
+            continue  # no baseline here (or an ambiguous one): nothing to pair with
+        for key, runs in mine.items():
+            if key == bases[0]:
+                continue
+            for metric in metrics:
+                if (found := paired_difference(runs, mine[bases[0]], key, bases[0], metric)) is not None:
+                    out.append(found)
+    return out
 
 
 def summarize(key: ConfigKey, runs: list[Run], metric: str = DEFAULT_METRIC) -> GroupSummary:
@@ -339,9 +410,9 @@ def summarize(key: ConfigKey, runs: list[Run], metric: str = DEFAULT_METRIC) -> 
         vals = np.asarray([r.metrics[name] for r in done if not math.isnan(r.metrics.get(name, math.nan))])
         means[name] = float(vals.mean()) if vals.size else math.nan
         stds[name] = float(vals.std(ddof=1)) if vals.size > 1 else math.nan
-    _, values = user_values(done, metric)
-    ci = _bootstrap_ci(values) if values.size else None
-    return GroupSummary(key=key, runs=runs, means=means, stds=stds, ci=ci, num_users=int(values.size))
+    _, values, users = example_values(done, metric)
+    ci = _bootstrap_ci(values, users) if values.size else None
+    return GroupSummary(key=key, runs=runs, means=means, stds=stds, ci=ci, num_users=int(np.unique(users).size))
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -432,6 +503,98 @@ def plot_vs_experts(summaries: Sequence[GroupSummary], path: str | Path, metric:
     return path
 
 
+def _describe(key: ConfigKey) -> str:
+    parts = [key.label, f"K={key.num_experts}", key.gate] + [f"{n}={v}" for n, v in key.other]
+    return " ".join(p for p in parts if p)
+
+
+def paired_table(diffs: Sequence[PairedDifference]) -> str:
+    head = ["data", "configuration", "baseline", "metric", "mean difference", "95% CI (paired, users)", "examples",
+            "users"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for d in diffs:
+        cells = [d.key.data, _describe(d.key), _describe(d.baseline), d.metric, f"{d.mean:+.4f}",
+                 f"[{d.ci[0]:+.4f}, {d.ci[1]:+.4f}]", str(d.num_examples), str(d.num_users)]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_paired(diffs: Sequence[PairedDifference], path: str | Path) -> Path:
+    """One panel per metric: each configuration's mean difference to its dataset's baseline, with its interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = sorted({d.metric for d in diffs}) or ["(no pairs)"]
+    rows = sorted({(d.key.data, _describe(d.key)) for d in diffs})
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 1.2 + 0.45 * max(len(rows), 1)),
+                             squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for y, (data, label) in enumerate(rows):
+            d = next((d for d in diffs if d.metric == metric and (d.key.data, _describe(d.key)) == (data, label)), None)
+            if d is not None:
+                ax.errorbar([d.mean], [y], xerr=[[d.mean - d.ci[0]], [d.ci[1] - d.mean]], fmt="o", capsize=3, color="C0")
+        ax.axvline(0.0, color="grey", lw=1)
+        ax.set_yticks(range(len(rows)), [f"{data}: {label}" for data, label in rows], fontsize=7)
+        baseline = _describe(diffs[0].baseline) if diffs else "baseline"
+        ax.set(title=f"{metric} minus {baseline}", xlabel="mean paired difference (95% CI, users resampled)")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def read_curve(run: Run) -> list[dict[str, float]]:
+    """The run's `curve.jsonl` rows (validation after N training examples); [] when absent or unreadable."""
+    path = run.path / CURVE_FILE
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and "train_examples" in row:
+            rows.append(row)
+    return rows
+
+
+def plot_curves(groups: dict[ConfigKey, list[Run]], path: str | Path, metric: str = "val/rank_hr@1") -> Path | None:
+    """`metric` on the fixed validation subset against training examples seen: one panel per dataset, one line per
+    run (colour = configuration). None when no run has a curve."""
+    curves = {(k, r.seed): read_curve(r) for k, runs in groups.items() for r in runs}
+    curves = {key: [row for row in rows if metric in row] for key, rows in curves.items()}
+    curves = {key: rows for key, rows in curves.items() if rows}
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted({k.data for k, _ in curves})
+    colours = {k: f"C{i}" for i, k in enumerate(sorted({k for k, _ in curves}))}
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
+    for ax, data in zip(axes[0], datasets):
+        for (key, seed), rows in sorted(curves.items(), key=lambda item: (item[0][0], str(item[0][1]))):
+            if key.data != data:
+                continue
+            ax.plot([r["train_examples"] for r in rows], [r[metric] for r in rows], marker=".", color=colours[key],
+                    label=f"{_describe(key)} s{seed}")
+        ax.set(title=data, xlabel="training examples seen", ylabel=metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def _point(s: GroupSummary, metric: str) -> float:
     return s.means.get(metric, math.nan)
 
@@ -444,12 +607,17 @@ class Report:
     problems: list[Run]
     markdown_path: Path
     plot_path: Path
+    paired: list[PairedDifference] = field(default_factory=list)
+    paired_path: Path | None = None
+    curves_path: Path | None = None
 
 
 def build_report(dirs: Sequence[str | Path], out_dir: str | Path | None = None,
-                 metric: str = DEFAULT_METRIC) -> Report:
-    """Find, group and summarise the runs under `dirs`; write `report.md` and the plot into `out_dir`
-    (default: the first dir). Raises DataError when no run directory is found or `metric` is nowhere."""
+                 metric: str = DEFAULT_METRIC, baseline: str | None = DEFAULT_BASELINE) -> Report:
+    """Find, group and summarise the runs under `dirs`; write `report.md` and the plots into `out_dir`
+    (default: the first dir). `baseline` (`config.key=value[,...]` or a label such as LoRA) names the
+    configuration every other one of its dataset is compared with, example by example; None: no comparison.
+    Raises DataError when no run directory is found or `metric` is nowhere."""
     if not dirs:
         raise DataError("no directories given")
     paths = find_run_dirs(dirs)
@@ -459,7 +627,9 @@ def build_report(dirs: Sequence[str | Path], out_dir: str | Path | None = None,
     known = set().union(*(r.metrics for r in runs))
     if known and metric not in known:
         raise DataError(f"--metric {metric} is in no metrics.json; known: {', '.join(sorted(known))}")
-    summaries = [summarize(k, members, metric) for k, members in group_runs(runs).items()]
+    groups = group_runs(runs)
+    summaries = [summarize(k, members, metric) for k, members in groups.items()]
+    paired = paired_differences(groups, baseline) if baseline else []
     problems = [r for r in runs if r.status != "completed"]
     table = markdown_table(summaries, metric)
     out = Path(out_dir if out_dir is not None else dirs[0])
@@ -467,6 +637,11 @@ def build_report(dirs: Sequence[str | Path], out_dir: str | Path | None = None,
     lines = [f"# iLoRA runs: {len(runs)} runs, {len(summaries)} configurations", "",
              f"Mean ± std over completed seeds; 95% CI of `{metric}`: bootstrap over test users "
              "(1000 samples, seed 0), each user's value averaged over seeds.", "", table, ""]
+    if paired:
+        lines += [f"## Paired differences vs the baseline (`{baseline}`)", "",
+                  "Per test example: configuration minus baseline, each averaged over its seeds, on the examples both "
+                  "scored; the 95% interval resamples users with all their examples (1000 samples, seed 0).", "",
+                  paired_table(paired), ""]
     if problems:
         lines += ["## Failed and unfinished runs", ""]
         lines += [f"- {r.status.upper()} `{r.path}`" + (f": {r.error}" if r.error else "") for r in problems]
@@ -475,5 +650,7 @@ def build_report(dirs: Sequence[str | Path], out_dir: str | Path | None = None,
     md_path = out / REPORT_NAME
     md_path.write_text(text, encoding="utf-8")
     plot_path = plot_vs_experts(summaries, out / PLOT_NAME, metric)
-    return Report(table=table, markdown=text, summaries=summaries, problems=problems,
-                  markdown_path=md_path, plot_path=plot_path)
+    paired_path = plot_paired(paired, out / PAIRED_NAME) if paired else None
+    curves_path = plot_curves(groups, out / CURVES_NAME)
+    return Report(table=table, markdown=text, summaries=summaries, problems=problems, markdown_path=md_path,
+                  plot_path=plot_path, paired=paired, paired_path=paired_path, curves_path=curves_path)

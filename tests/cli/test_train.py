@@ -158,3 +158,16 @@ def test_eval_on_another_dataset_of_the_same_catalogue_keeps_the_trained_encoder
     assert not (encoder_cache / "tiny_again").exists()  # the checkpoint's own encoder, not a new one
     for key in ("test/rank_hr@1", "test/rank_mrr", "test/rank_ndcg@5"):
         assert eval_metrics[key] == pytest.approx(metrics[key], abs=1e-6), key
+
+
+def test_validation_every_n_batches_writes_a_learning_curve_that_report_plots(train_cfg):
+    from ilora.report import build_report
+
+    cfg = train_cfg("trainer.max_steps=4", "trainer.val_check_interval=2", "data.limit_val_examples=3")
+    train(cfg)
+    out = Path(cfg.paths.output_dir)
+    curve = [json.loads(line) for line in (out / "curve.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["train_examples"]) for r in curve] == [(2, 8), (4, 16)]  # batches of 4
+    assert all(r["val/num_examples"] == 3 and 0 <= r["val/rank_hr@1"] <= 1 for r in curve)
+    report = build_report([out], out_dir=out / "report")
+    assert report.curves_path is not None and report.curves_path.stat().st_size > 0

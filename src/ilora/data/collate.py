@@ -219,6 +219,7 @@ class PromptCollator:
         batch.update(self._item_keys(histories, cands, target, index))
         batch["hybrid"] = hybrid
         batch["truncated"] = torch.tensor(truncated, dtype=torch.bool)
+        batch["user"] = self.user_ids(examples)
         return batch
 
     def _hybrid(self, epoch: int, first_index: int) -> bool:
@@ -255,3 +256,8 @@ class PromptCollator:
             "cand_attention_mask": cand_mask.view(b, c, -1),
             "index": torch.from_numpy(index),
         }
+
+    @staticmethod
+    def user_ids(examples: Sequence[dict]) -> torch.Tensor:
+        """`[B]` user ids (the example's own index when the split names no users)."""
+        return torch.tensor([int(e.get("user", e["index"])) for e in examples], dtype=torch.long)

@@ -52,7 +52,9 @@ class PromptExamples(Dataset):
                                      seed=self.seed, epoch=epoch, index=row)
         else:
             cands = self.candidates[i]
-        return {"index": row, "epoch": epoch, "history": history, "target": target, "candidates": cands}
+        user = int(self.split.user[row]) if self.split.user is not None else row
+        return {"index": row, "user": user, "epoch": epoch, "history": history, "target": target,
+                "candidates": cands}
 
 
 class EpochSampler(DistributedSampler):
