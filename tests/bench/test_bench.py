@@ -41,6 +41,8 @@ def test_ilora_bench_dry_run(tmp_path, monkeypatch):
     assert stored["layer_ratio"] > 0 and stored["step_ratio_vs_peft"] > 0
     assert 0 < stored["flop_utilisation"] < 2
     assert stored["rank_cost_vs_prefill"] > 1  # ranking includes the prompt encoding
+    assert stored["rank_token_ratio"] == (12 + 4 * 2) / (12 + 3)  # dry-run shape: prompt 12, 4 candidates of 3
+    assert stored["rank_step_vs_tokens"] == stored["rank_step_ratio"] / stored["rank_token_ratio"] > 0
     assert 0 < stored["ckpt_ratio"] < 1 and stored["peak_rss_gb"] > 0
     # the model checkpoint holds the trainable weights; last.ckpt adds AdamW's two moments per weight
     assert 2 < stored["resume_ckpt_bytes"] / stored["ckpt_bytes"] < 3.5

@@ -14,6 +14,7 @@ TARGETS: dict[str, tuple[str, float, str]] = {
     "step_ratio_k1_vs_peft": ("<=", 1.05, "training step, our K=1 / peft LoRA r=8"),
     "flop_utilisation": (">=", 0.6, "4 x frozen backbone params x tokens/s / matmul peak measured in the same loop"),
     "rank_cost_vs_prefill": ("<=", 1.6, "ranking (prompt + 20 candidates) / prompt prefill alone"),
+    "rank_step_vs_tokens": ("<=", 1.25, "rank-loss step / answer-loss step (same users), over their token ratio"),
     "peak_rss_gb": ("<=", 3.0, "peak resident memory of a short ilora-train run (GB)"),
     "ckpt_ratio": ("<=", 0.05, "model checkpoint (best-*.ckpt: adapters, projector, gate) / backbone size"),
 }
@@ -23,7 +24,7 @@ INFO = (
     "flop_utilisation_matmul", "step_s_ilora", "step_s_ilora_k1", "step_s_peft", "train_tokens_per_s", "achieved_flops", "peak_flops",
     "frozen_params", "matmul_params",
     "prefill_s", "rank_s", "eval_users", "ckpt_bytes", "resume_ckpt_ratio", "resume_ckpt_bytes", "backbone_bytes",
-    "train_run_s",
+    "train_run_s", "rank_step_ratio", "rank_token_ratio", "rank_step_s", "answer_step_s",
 )
 
 

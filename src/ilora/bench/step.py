@@ -58,7 +58,8 @@ def answer_loss(lm: nn.Module, batch: dict[str, Tensor]) -> Tensor:
 
 
 def _training_step(lm: nn.Module, params: list[nn.Parameter], batch: dict[str, Tensor], *, lr: float,
-                   autocast: torch.dtype | None, context: Callable[[], Any] = nullcontext) -> Callable[[], float]:
+                   autocast: torch.dtype | None, context: Callable[[], Any] = nullcontext,
+                   loss: Callable[[nn.Module, dict[str, Tensor]], Tensor] = answer_loss) -> Callable[[], float]:
     """A closure running one AdamW step of the recommender's loss; `context()` wraps forward AND backward (with
     activation checkpointing, gated layers re-run during backward)."""
     opt = torch.optim.AdamW(params, lr=lr)
@@ -68,26 +69,26 @@ def _training_step(lm: nn.Module, params: list[nn.Parameter], batch: dict[str, T
         opt.zero_grad(set_to_none=True)
         with context():
             with _autocast(lm, autocast):
-                loss = answer_loss(lm, batch)
-            loss.backward()
+                value = loss(lm, batch)
+            value.backward()
         opt.step()
-        return loss.item()
+        return value.item()
 
     return step
 
 
 def ilora_step(lm: nn.Module, batch: dict[str, Tensor], *, rank: int, num_experts: int, alpha: float,
-               dropout: float, user_dim: int = 64, lr: float = 2e-4,
-               autocast: torch.dtype | None = None) -> Callable[[], float]:
-    """Inject MoE-LoRA into `lm` (in place) and return a closure running one training step."""
+               dropout: float, user_dim: int = 64, lr: float = 2e-4, autocast: torch.dtype | None = None,
+               loss: Callable[[nn.Module, dict[str, Tensor]], Tensor] = answer_loss) -> Callable[[], float]:
+    """Inject MoE-LoRA into `lm` (in place) and return a closure running one training step of `loss`."""
     apply_moe_lora(lm, rank=rank, num_experts=num_experts, alpha=alpha, dropout=dropout, targets=DEFAULT_TARGETS)
     params = [p for p in lm.parameters() if p.requires_grad]
     if num_experts == 1:
-        return _training_step(lm, params, batch, lr=lr, autocast=autocast)
+        return _training_step(lm, params, batch, lr=lr, autocast=autocast, loss=loss)
     device = batch["input_ids"].device
     gate = nn.Linear(user_dim, num_experts, device=device)
     users = torch.randn(batch["input_ids"].shape[0], user_dim, generator=torch.Generator().manual_seed(1)).to(device)
-    return _training_step(lm, params + list(gate.parameters()), batch, lr=lr, autocast=autocast,
+    return _training_step(lm, params + list(gate.parameters()), batch, lr=lr, autocast=autocast, loss=loss,
                           context=lambda: gate_context(lm, torch.softmax(gate(users).float(), -1)))
 
 
@@ -135,3 +136,44 @@ def step_ratio(lm: nn.Module, *, batch: int = 4, tokens: int = 340, answer: int 
     out["flop_utilisation"] = out["achieved_flops"] / out["peak_flops"]
     out["flop_utilisation_matmul"] = 4 * n * tokens_per_s / out["peak_flops"]
     return out
+
+
+def rank_vs_answer_step(lm: nn.Module, *, batch: int = 4, prompt: int = 328, answer: int = 12,
+                        candidates: int = 20, rank: int = 8, num_experts: int = 4, alpha: float = 32.0,
+                        dropout: float = 0.1, repeats: int = 3, warmup: int = 1,
+                        autocast: torch.dtype | None = None) -> dict[str, float]:
+    """iLoRA K training steps on the same users: the rank loss (prompt + `candidates` segments of `answer` tokens,
+    one packed forward, `Recommender.candidate_losses`' layout) vs the answer loss (prompt + the target's segment).
+
+    `rank_token_ratio` is what the rank step has to process more (prompt + packed candidate tokens over prompt +
+    answer); `rank_step_vs_tokens` = rank_step_ratio / rank_token_ratio (1 = the extra costs only its tokens).
+    """
+    from ilora.evaluation.ranking import candidate_token_logprobs
+
+    weight = next(lm.parameters())
+    g = torch.Generator().manual_seed(0)
+    vocab = lm.config.vocab_size
+    prompt_ids = torch.randint(0, vocab, (batch, prompt), generator=g).to(weight.device)
+    cand_ids = torch.randint(0, vocab, (batch, candidates, answer), generator=g).to(weight.device)
+    target = torch.randint(0, candidates, (batch,), generator=g).to(weight.device)
+    answer_data = {"input_ids": torch.cat([prompt_ids, cand_ids[torch.arange(batch), target]], 1)}
+    answer_data["attention_mask"] = torch.ones_like(answer_data["input_ids"])
+    labels = torch.full_like(answer_data["input_ids"], -100)
+    labels[:, -answer:] = answer_data["input_ids"][:, -answer:]
+    answer_data["labels"] = labels
+    ones = torch.ones_like(prompt_ids)
+
+    def rank_loss(model: nn.Module, _: dict[str, Tensor]) -> Tensor:
+        lp = candidate_token_logprobs(model, inputs_embeds=model.get_input_embeddings()(prompt_ids),
+                                      attention_mask=ones, cand_input_ids=cand_ids,
+                                      cand_attention_mask=torch.ones_like(cand_ids))
+        return F.cross_entropy(lp.sum(-1), target)
+
+    common = dict(rank=rank, num_experts=num_experts, alpha=alpha, dropout=dropout, autocast=autocast)
+    steps = {"answer": ilora_step(copy.deepcopy(lm), answer_data, **common),
+             "rank": ilora_step(copy.deepcopy(lm), answer_data, loss=rank_loss, **common)}
+    med = interleaved_medians(steps, repeats=repeats, warmup=warmup, device=weight.device)
+    token_ratio = (prompt + candidates * (answer - 1)) / (prompt + answer)
+    ratio = med["rank"] / med["answer"]
+    return {"rank_step_s": med["rank"], "answer_step_s": med["answer"], "rank_step_ratio": ratio,
+            "rank_token_ratio": token_ratio, "rank_step_vs_tokens": ratio / token_ratio}

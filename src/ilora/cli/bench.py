@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from ilora.backbones import resolve_dtype
     from ilora.bench import footprint, report
     from ilora.bench.evaluation import evaluation_costs
-    from ilora.bench.step import step_ratio
+    from ilora.bench.step import rank_vs_answer_step, step_ratio
     from ilora.bench.timing import machine
     from ilora.checkpoints import read_checkpoint
     from ilora.cli.components import build_all, build_backbone
@@ -107,6 +107,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     shape = dict(batch=2, tokens=24, answer=4) if args.dry_run else dict(batch=4, tokens=340, answer=12)
     results.update(step_ratio(lm, repeats=1 if args.dry_run else args.step_repeats, warmup=1,
                               peak_size=256 if args.dry_run else 2048, **shape))
+    print("[bench] rank-loss step", flush=True)
+    rank_shape = dict(batch=2, prompt=12, answer=3, candidates=4) if args.dry_run else dict(batch=4, prompt=328,
+                                                                                            answer=12, candidates=20)
+    results.update(rank_vs_answer_step(lm, repeats=1 if args.dry_run else args.step_repeats, warmup=1, **rank_shape))
     del lm
 
     print("[bench] evaluation", flush=True)

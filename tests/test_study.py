@@ -1,0 +1,86 @@
+"""experiments/study/run.py end to end on the tiny backbone: train, resume, both MovieLens protocols, results.json."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("ILORA_TEST_CACHE", REPO / ".cache"))
+TINY = ["backbone=tiny_random", f"backbone.cache_dir={CACHE}/backbones/smollm2_135m", "logger=none",
+        "trainer.precision=32-true", "trainer.max_steps=2", "trainer.limit_train_batches=4",
+        "trainer.val_check_interval=2", "data.limit_val_examples=4", "data.limit_test_examples=12",
+        "encoder.train.max_epochs=1", "callbacks.last_checkpoint.every_n_train_steps=1"]
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def study(tmp_path, monkeypatch):
+    module = _load("study_run", REPO / "experiments" / "study" / "run.py")
+    monkeypatch.setattr(module, "OUT", tmp_path / "out")
+    (tmp_path / "cache").mkdir()
+    os.symlink(CACHE / "backbones", tmp_path / "cache" / "backbones")
+    monkeypatch.setenv("ILORA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return module
+
+
+def test_study_runs_resumes_and_reports_paired_differences(study, tmp_path, shared_data):
+    results = tmp_path / "results"
+    argv = ["--datasets", "movielens", "--methods", "lora_k1", "ilora_k4", "--seeds", "0",
+            "--results", str(results), "--extra", *TINY,
+            "--eval-extra", "data.limit_test_examples=60", "trainer.precision=32-true"]
+    assert study.main(argv) == 0
+    out = json.loads((results / "results.json").read_text())
+    runs = {(r["protocol"], r["method"]): r for r in out["runs"]}
+    assert set(runs) == {(p, m) for p in ("llara", "windows") for m in ("lora_k1", "ilora_k4")}
+    for (protocol, method), r in runs.items():
+        assert set(r) >= {"rank_hr@1", "rank_hr@5", "rank_ndcg@5", "n_test", "train_examples", "wall_time_s"}
+        assert r["n_test"] == (12 if protocol == "llara" else 60)
+        assert r["train_examples"] == 2 * 4 * 2  # 2 steps x batch 4 x accumulation 2
+    windows = json.loads((results / "runs" / "movielens__windows__ilora_k4__s0.json").read_text())
+    assert len(set(windows["user"])) < len(windows["user"]) == 60  # several windows per user
+    pairs = {(p["protocol"], p["difference"]): p for p in out["paired"]}
+    assert {("llara", "ilora_k4 - lora_k1"), ("windows", "ilora_k4 - lora_k1")} <= set(pairs)
+    hr1 = pairs[("windows", "ilora_k4 - lora_k1")]["rank_hr@1"]
+    assert hr1["ci95"][0] <= hr1["mean"] <= hr1["ci95"][1]
+    methods = {(s["protocol"], s["method"]) for s in out["summary"]}
+    assert ("windows", "sasrec") in methods and ("llara", "sasrec") in methods  # the frozen encoder, same examples
+    assert {s["n_test"] for s in out["summary"] if s["protocol"] == "windows"} == {60}
+    assert out["machine"]["precision"] in ("bf16", "fp32")
+    for png in ("hr1.png", "paired_hr1.png", "learning_curves.png"):
+        assert (results / png).stat().st_size > 0
+    assert windows["curve"] and windows["curve"][-1]["train_examples"] == 16
+
+    # an interrupted run (no completed status) resumes from its last.ckpt in a new attempt directory
+    base = study.OUT / "movielens__ilora_k4__s0"
+    (base / "attempt0" / "status.json").unlink()
+    (base / "windows" / "status.json").unlink()
+    assert study.main(argv + ["--only", "movielens/ilora_k4/0"]) == 0
+    assert (base / "attempt1" / "status.json").is_file()
+    assert "ckpt_path=" in (base / "train.log").read_text() or (base / "attempt1" / "config.yaml").read_text()
+    again = json.loads((results / "runs" / "movielens__llara__ilora_k4__s0.json").read_text())
+    assert again["attempts"] == 2
+
+    # the results rebuild from the per-run JSON alone
+    before = (results / "results.json").read_text()
+    assert study.main(["--table-only", "--results", str(results)]) == 0
+    assert (results / "results.json").read_text() == before
+
+
+def test_dry_run_lists_every_planned_run_and_starts_nothing(study, capsys):
+    assert study.main(["--dry-run", "--results", str(study.OUT / "r")]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("ilora-train experiment=study") == 2 * (1 + 3 + 3 + 1) + 1  # + frozen LLM on windows
+    assert printed.count("ilora-eval") == 3 + 3 + 1  # the MovieLens trained runs, on the extended protocol
+    assert not (study.OUT / "movielens__ilora_k4__s0").exists()
