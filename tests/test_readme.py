@@ -63,7 +63,8 @@ def with_added(tool: str, args: list[str], extra: list[str]) -> tuple[list[str],
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, shared_data):
     root = tmp_path_factory.mktemp("readme")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "ILORA_CACHE": str(root / "cache")}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "ILORA_CACHE": str(root / "cache"),
+           "ILORA_STUDY_OUT": str(root / "study_out")}
     (root / "cache").mkdir()
     os.symlink(CACHE / "backbones", root / "cache" / "backbones")  # the shared tokenizer copy, built once
     return {"root": root, "env": env, "shared": shared_data, "log": []}
@@ -114,6 +115,13 @@ def test_every_readme_command_runs(workspace):
     step("ilora-data build --interactions u.data --items u.item --out DIR",
          {"u.data": str(ml / "u.data"), "u.item": str(ml / "u.item"), "DIR": built})
     assert ": ok (built, movie, 1682 items" in step("ilora-data check DIR", {"DIR": built}).stdout
+    windows = str(ws["root"] / "windows")
+    step("ilora-data build-windows --interactions u.data --items u.item --user-split user_split.json "
+         "--train data/movielens --out DIR",
+         {"u.data": str(ml / "u.data"), "u.item": str(ml / "u.item"), "DIR": windows,
+          "user_split.json": str(shared / "llara" / "movielens" / "user_split.json"),
+          "data/movielens": str(REPO / "data" / "movielens")})
+    assert load_dataset(windows).splits["test"].target.size == 2069
 
     step("ilora-train-encoder data=movielens encoder=sasrec seed=0")
     assert (ws["root"] / "cache" / "encoders" / "movielens" / "sasrec" / "seed0" / "config.json").is_file()
@@ -143,11 +151,20 @@ def test_every_readme_command_runs(workspace):
     assert on_val["val/num_examples"] == 4 and "test/num_examples" not in on_val
     assert OmegaConf.load(newest(outputs, "eval/runs/*/config.yaml")).data.eval_batch_size == 2
 
+    step("ilora-eval ckpt_path=PATH data=movielens_windows", {"PATH": ckpt}, extra=["data.limit_test_examples=30"])
+    on_windows = json.loads(newest(outputs, "eval/runs/*/metrics.json").read_text())
+    assert on_windows["test/num_examples"] == 30
+
     step("ilora-predict ckpt_path=PATH history='[Toy Story,Heat]'", {"PATH": ckpt})
     saved = json.loads(newest(outputs, "predict/runs/*/predictions.json").read_text())
     assert [load_dataset("movielens").titles[i] for i in saved["history"]] == ["Toy Story", "Heat"]
 
     step("ilora-report DIR", {"DIR": str(sweep)})
+    # the study: every planned command is listed (--dry-run added); tests/test_study.py runs it on the tiny backbone
+    handled.add("python experiments/study/run.py")
+    dry = subprocess.run([sys.executable, str(REPO / "experiments" / "study" / "run.py"), "--dry-run", "--results",
+                          str(ws["root"] / "study")], capture_output=True, text=True, env=ws["env"], timeout=120)
+    assert dry.returncode == 0 and dry.stdout.count("ilora-train experiment=study") == 17, dry.stdout[-2000:]
     assert (sweep / "report.md").is_file() and (sweep / "hr1_vs_experts.png").is_file()
 
     assert set(commands) <= handled, f"README commands without a runner here: {sorted(set(commands) - handled)}"

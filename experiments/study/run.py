@@ -107,7 +107,7 @@ def windows_eval(data: str, method: str, seed: int, attempt: Path, extra: list[s
     target = OUT / run_name(data, method, seed) / "windows"
     if _completed(target):
         return target
-    if target.exists():  # an interrupted evaluation: start it again in a fresh directory
+    if target.exists() and not dry_run:  # an interrupted evaluation: start it again in a fresh directory
         target.rename(target.with_name(f"windows.failed{time.time_ns()}"))
     if method == "frozen":
         args = [str(BIN / "ilora-train"), "experiment=study", f"data={WINDOWS_DATA[data]}", *METHODS[method][0],

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from ilora.errors import DataError
 from ilora.jsonfile import read_json_object
 
-KNOWN_DATASETS = ("movielens", "lastfm", "steam")
+KNOWN_DATASETS = ("movielens", "lastfm", "steam", "movielens_windows")
 DOMAINS = ("movie", "artist", "game")
 WINDOW = 10
 SPLIT_NAMES = ("train", "val", "test")
