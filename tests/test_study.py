@@ -44,7 +44,7 @@ def test_study_runs_resumes_and_reports_paired_differences(study, tmp_path, shar
     out = json.loads((results / "results.json").read_text())
     runs = {(r["protocol"], r["method"]): r for r in out["runs"]}
     assert set(runs) == {(p, m) for p in ("llara", "windows") for m in ("lora_k1", "ilora_k4")}
-    for (protocol, method), r in runs.items():
+    for (protocol, _method), r in runs.items():
         assert set(r) >= {"rank_hr@1", "rank_hr@5", "rank_ndcg@5", "n_test", "train_examples", "wall_time_s"}
         assert r["n_test"] == (12 if protocol == "llara" else 60)
         assert r["train_examples"] == 2 * 4 * 2  # 2 steps x batch 4 x accumulation 2
