@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup train test test-full lint clean
+.PHONY: setup train test test-full bench bench-gpu study study-gpu lint clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,12 @@ bench: setup
 
 bench-gpu: setup
 	$(PY) experiments/bench/bench_gpu.py --out outputs/bench_gpu
+
+study: setup
+	$(PY) experiments/study/run.py
+
+study-gpu: setup
+	bash experiments/gpu/study.sh
 
 lint: setup
 	$(VENV)/bin/ruff check src tests

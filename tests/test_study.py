@@ -84,3 +84,21 @@ def test_dry_run_lists_every_planned_run_and_starts_nothing(study, capsys):
     assert printed.count("ilora-train experiment=study") == 2 * (1 + 3 + 3 + 1) + 1  # + frozen LLM on windows
     assert printed.count("ilora-eval") == 3 + 3 + 1  # the MovieLens trained runs, on the extended protocol
     assert not (study.OUT / "movielens__ilora_k4__s0").exists()
+
+
+def test_gpu_study_script_dry_run_plans_one_epoch_of_k1_and_k4_on_cuda(tmp_path):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PY": sys.executable, "ILORA_STUDY_OUT": str(tmp_path / "out")}
+    result = subprocess.run(["bash", str(REPO / "experiments" / "gpu" / "study.sh"), "--dry-run"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    trains = [line for line in result.stdout.splitlines() if "ilora-train experiment=study" in line]
+    evals = [line for line in result.stdout.splitlines() if "ilora-eval" in line]
+    assert len(trains) == 2 and len(evals) == 2
+    assert "adapter=lora" in trains[0] and "adapter=lora" not in trains[1]
+    for line in trains:
+        assert "trainer=gpu" in line and "trainer.max_epochs=1" in line and "trainer.max_steps=-1" in line
+    assert all("data=movielens_windows" in line and "trainer=gpu" in line for line in evals)
+    assert not (tmp_path / "out").exists()

@@ -122,9 +122,19 @@ def shared_cache() -> Path:
 
 
 @pytest.fixture
-def compose_cfg():
-    """`compose(name, overrides, out_dir) -> cfg` with HydraConfig set, as a running CLI would have it."""
-    return compose_config
+def compose_cfg(encoder_cache):
+    """`compose(name, overrides, out_dir) -> cfg` with HydraConfig set, as a running CLI would have it.
+
+    eval/predict read the session's encoder cache (where the tiny runs trained theirs), never the repository's
+    `.cache/encoders`, whose copy may come from another recipe and would silently change every score.
+    """
+
+    def make(name: str, overrides: list[str], out_dir: Path) -> DictConfig:
+        if name in ("eval", "predict") and not any(o.startswith("paths.encoder_dir=") for o in overrides):
+            overrides = [*overrides, f"paths.encoder_dir={encoder_cache}"]
+        return compose_config(name, overrides, out_dir)
+
+    return make
 
 
 @pytest.fixture
