@@ -460,10 +460,7 @@ def markdown_table(summaries: Sequence[GroupSummary], metric: str = DEFAULT_METR
 def plot_vs_experts(summaries: Sequence[GroupSummary], path: str | Path, metric: str = DEFAULT_METRIC) -> Path:
     """`metric` vs K, one panel per dataset, one line per backbone/gate/rank (LoRA = K 1 joins them),
     CI as error bars; the frozen LLM is a dashed horizontal line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     datasets = sorted({s.key.data for s in summaries}) or ["(no runs)"]
     fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
@@ -496,10 +493,23 @@ def plot_vs_experts(summaries: Sequence[GroupSummary], path: str | Path, metric:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: str | Path) -> Path:
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _pyplot().close(fig)
     return path
 
 
@@ -521,10 +531,7 @@ def paired_table(diffs: Sequence[PairedDifference]) -> str:
 
 def plot_paired(diffs: Sequence[PairedDifference], path: str | Path) -> Path:
     """One panel per metric: each configuration's mean difference to its dataset's baseline, with its interval."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     metrics = sorted({d.metric for d in diffs}) or ["(no pairs)"]
     rows = sorted({(d.key.data, _describe(d.key)) for d in diffs})
@@ -540,11 +547,7 @@ def plot_paired(diffs: Sequence[PairedDifference], path: str | Path) -> Path:
         baseline = _describe(diffs[0].baseline) if diffs else "baseline"
         ax.set(title=f"{metric} minus {baseline}", xlabel="mean paired difference (95% CI, users resampled)")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def read_curve(run: Run) -> list[dict[str, float]]:
@@ -571,10 +574,7 @@ def plot_curves(groups: dict[ConfigKey, list[Run]], path: str | Path, metric: st
     curves = {key: rows for key, rows in curves.items() if rows}
     if not curves:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     datasets = sorted({k.data for k, _ in curves})
     colours = {k: f"C{i}" for i, k in enumerate(sorted({k for k, _ in curves}))}
@@ -588,11 +588,7 @@ def plot_curves(groups: dict[ConfigKey, list[Run]], path: str | Path, metric: st
         ax.set(title=data, xlabel="training examples seen", ylabel=metric)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _point(s: GroupSummary, metric: str) -> float:
