@@ -83,3 +83,19 @@ def test_ensure_encoder_reuses_a_matching_cache_and_refuses_a_different_one(tmp_
         ensure_encoder("unused", "lastfm", cfg, tmp_path, seed=0)
     with pytest.raises(CheckpointError, match="seed=0 but 1"):
         ensure_encoder("unused", "tiny", cfg, tmp_path, seed=1)
+
+
+def test_ensure_encoder_refuses_a_cache_trained_with_another_recipe(tmp_path, monkeypatch):
+    """A cached encoder selected on another metric (an older recipe) must not silently steer new runs."""
+    import ilora.encoders.train as train_mod
+
+    monkeypatch.setattr(train_mod, "train_encoder", lambda **_: (_ for _ in ()).throw(AssertionError("retrained")))
+    recipe = {"lr": 0.003, "weight_decay": 0.0, "batch_size": 512, "max_epochs": 40, "patience": 5,
+              "monitor": "val/hr@1"}
+    save_encoder(build_encoder("sasrec", 30, hidden_dim=8), tmp_path, dataset="tiny", train={"seed": 0, **recipe})
+    cfg = {"name": "sasrec", "hidden_dim": 8, "train": {**recipe, "monitor": "val/mrr"}}
+    with pytest.raises(CheckpointError, match="train.monitor='val/hr@1' but 'val/mrr' was requested"):
+        ensure_encoder("unused", "tiny", cfg, tmp_path, seed=0)
+    with pytest.raises(CheckpointError, match="train.max_epochs=40 but 8 was requested"):
+        ensure_encoder("unused", "tiny", {**cfg, "train": {**recipe, "max_epochs": 8}}, tmp_path, seed=0)
+    assert ensure_encoder("unused", "tiny", {**cfg, "train": recipe}, tmp_path, seed=0) == tmp_path

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from ilora.encoders.io import CONFIG, WEIGHTS, read_config
+from ilora.encoders.recipe import Recipe
 from ilora.encoders.registry import build_from_config
 from ilora.errors import CheckpointError
 
@@ -21,9 +23,10 @@ def ensure_encoder(
 ) -> Path:
     """Path of a trained encoder in `out_dir`, training it first when `config.json` / weights are missing.
 
-    A cached artefact must match the request (dataset, encoder name, seed, architecture; the training recipe
-    is not compared); otherwise CheckpointError says which setting differs, rather than silently reusing or
-    overwriting it.
+    A cached artefact must match the request (dataset, encoder name, seed, architecture and training recipe:
+    an encoder trained with another monitor or budget would silently change every score built on it);
+    otherwise CheckpointError says which setting differs, rather than silently reusing or overwriting it.
+    Recipe settings the artefact does not record (older artefacts) are not compared.
     """
     out = Path(out_dir)
     encoder_cfg = dict(encoder_cfg)
@@ -34,10 +37,14 @@ def ensure_encoder(
         return out
     config = read_config(out)
     arch = build_from_config(encoder_cfg, config["num_items"]).hparams()
+    recipe = asdict(Recipe.from_mapping(encoder_cfg.get("train")))
+    trained = config.get("train", {})
     want = {"dataset": data_name, "name": encoder_cfg.get("name"), "seed": seed,
-            **{f"hparams.{k}": v for k, v in arch.items()}}
-    have = {"dataset": config.get("dataset"), "name": config["name"], "seed": config.get("train", {}).get("seed"),
-            **{f"hparams.{k}": v for k, v in config["hparams"].items()}}
+            **{f"hparams.{k}": v for k, v in arch.items()},
+            **{f"train.{k}": v for k, v in recipe.items() if k in trained}}
+    have = {"dataset": config.get("dataset"), "name": config["name"], "seed": trained.get("seed"),
+            **{f"hparams.{k}": v for k, v in config["hparams"].items()},
+            **{f"train.{k}": trained[k] for k in recipe if k in trained}}
     for key, value in want.items():
         if have.get(key) != value:
             raise CheckpointError(

@@ -16,7 +16,7 @@ import os
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from typing import Any
 
 import lightning as L
@@ -28,32 +28,9 @@ from ilora.encoders.base import SequentialEncoder
 from ilora.encoders.batches import eval_tensors, loader, train_tensors
 from ilora.encoders.io import save_encoder
 from ilora.encoders.module import EncoderModule, EpochPrinter
+from ilora.encoders.recipe import Recipe
 from ilora.encoders.registry import build_from_config
 from ilora.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """Training settings of one encoder (the `encoder.train` block)."""
-
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    batch_size: int = 256
-    max_epochs: int = 50
-    patience: int = 5
-    monitor: str = "val/mrr"  # any logged val metric; names ending in "loss" are minimised
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any] | None) -> Recipe:
-        values = dict(values or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"encoder.train.{unknown[0]} is not a training setting (allowed: {sorted(known)})")
-        recipe = cls(**values)
-        if recipe.lr <= 0 or recipe.batch_size < 1 or recipe.max_epochs < 1 or recipe.patience < 1:
-            raise ConfigError(f"encoder.train needs lr > 0, batch_size, max_epochs, patience >= 1; got {values}")
-        return recipe
 
 
 def _quiet_lightning() -> None:
