@@ -44,6 +44,7 @@ METHODS: dict[str, tuple[list[str], tuple[int, ...]]] = {
 # dataset -> protocols it is evaluated on (the first is the post-fit test of the training run)
 DATASETS: dict[str, tuple[str, ...]] = {"movielens": ("llara", "windows"), "lastfm": ("llara",)}
 WINDOWS_DATA = {"movielens": "movielens_windows"}
+RUN_ORDER = ("lora_k1", "ilora_k4", "uniform_k4", "frozen")  # within a seed: the main comparison first
 PAIRS = (("ilora_k4", "lora_k1"), ("uniform_k4", "lora_k1"), ("ilora_k4", "uniform_k4"))
 KS = (1, 5)
 
@@ -56,6 +57,9 @@ def planned(only: list[str] | None = None, datasets: list[str] | None = None, me
             seeds: list[int] | None = None) -> list[tuple[str, str, int]]:
     runs = [(d, m, s) for d in DATASETS for m, (_, default) in METHODS.items() for s in (seeds or default)
             if (not datasets or d in datasets) and (not methods or m in methods)]
+    # seed by seed, so that an interrupted study already holds complete paired comparisons
+    order = {m: i for i, m in enumerate(RUN_ORDER)}
+    runs.sort(key=lambda r: (list(DATASETS).index(r[0]), r[2], order[r[1]]))
     if only:
         keep = {tuple(o.split("/")) for o in only}
         runs = [r for r in runs if (r[0], r[1], str(r[2])) in keep]
@@ -162,6 +166,8 @@ def record(data: str, protocol: str, method: str, seed: int, directory: Path, at
         "rank_ndcg@5": metrics["test/rank_ndcg@5"], "n_test": int(metrics["test/num_examples"]),
         "train_examples": int(config["trainer"]["max_steps"]) * per_step if trained else 0,
         "wall_time_s": round(train_wall + eval_wall, 1), "attempts": len(attempts),
+        "machine": machine(), "recorded": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_avg_1m": round(os.getloadavg()[0], 2),  # > cores: the timing shared the machine
         "index": index, "user": users, "target_rank": ranks, "curve": _curve(attempts) if trained else [],
         "config": {"model.loss": config["model"]["loss"], "data.prompt": config["data"]["prompt"],
                    "lr": config["model"]["optimizer"]["lr"], "adapter.num_experts": config["adapter"].get("num_experts"),
@@ -263,7 +269,8 @@ def machine() -> dict:
 def write_results(runs: list[dict], sasrec: dict[str, dict], results_dir: Path) -> dict:
     results = {"machine": machine(), "study": "conf/experiment/study.yaml", **summarise(runs, sasrec),
                "runs": [{k: r[k] for k in ("dataset", "protocol", "method", "seed", "rank_hr@1", "rank_hr@5",
-                                           "rank_ndcg@5", "n_test", "train_examples", "wall_time_s")} for r in runs]}
+                                           "rank_ndcg@5", "n_test", "train_examples", "wall_time_s", "machine")
+                         if k in r} for r in runs]}
     (results_dir / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     (results_dir / "table.md").write_text(table(results) + "\n")
     plot(results, runs, results_dir)
@@ -341,6 +348,20 @@ def plot(results: dict, runs: list[dict], results_dir: Path) -> None:
     plt.close(fig)
 
 
+def rebuild(results_dir: Path) -> dict | None:
+    """results.json, table.md and the PNGs from runs/*.json (None when no run has finished)."""
+    runs = [json.loads(p.read_text()) for p in sorted((results_dir / "runs").glob("*.json"))]
+    if not runs:
+        return None
+    sasrec = {}
+    for data, protocols in DATASETS.items():
+        for protocol in protocols:
+            if any((r["dataset"], r["protocol"]) == (data, protocol) for r in runs):
+                sasrec[f"{data}/{protocol}"] = sasrec_ranks(data, protocol)
+    return write_results(runs, sasrec, results_dir)
+
+
+
 # ------------------------------------------------------------------------------------------------ main
 
 
@@ -377,19 +398,11 @@ def main(argv: list[str] | None = None) -> int:
                     payload = record(data, protocol, method, seed, directory, attempts)
                     path = results_dir / "runs" / f"{data}__{protocol}__{method}__s{seed}.json"
                     path.write_text(json.dumps(payload, sort_keys=True) + "\n")
+            rebuild(results_dir)  # results.json always shows every run finished so far
     if args.dry_run:
         return 0
-    runs = [json.loads(p.read_text()) for p in sorted((results_dir / "runs").glob("*.json"))]
-    if not runs:
-        print("[study] no finished runs yet")
-        return 0
-    sasrec = {}
-    for data, protocols in DATASETS.items():
-        for protocol in protocols:
-            if any((r["dataset"], r["protocol"]) == (data, protocol) for r in runs):
-                sasrec[f"{data}/{protocol}"] = sasrec_ranks(data, protocol)
-    results = write_results(runs, sasrec, results_dir)
-    print(table(results))
+    results = rebuild(results_dir)
+    print(table(results) if results else "[study] no finished runs yet")
     return 0
 
 
