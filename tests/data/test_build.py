@@ -56,7 +56,7 @@ def test_build_csv_and_cli_guards(tmp_path, capsys):
     assert main(["build", "--interactions", str(bad), "--items", str(tmp_path / "items.csv"), "--out",
                  str(tmp_path / "o2"), "--format", "csv"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "bad.csv: missing columns ['timestamp']" in err
+    assert err.startswith("error: ") and "bad.csv: interactions column 'timestamp' not found" in err
     assert not (tmp_path / "o2").exists()
     assert main(["check", str(tmp_path / "nope")]) == 2
 

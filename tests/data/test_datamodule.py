@@ -137,8 +137,8 @@ def test_config_and_order_errors(make_dataset, tok):
         RecDataModule(path).setup("fit")
     with pytest.raises(ConfigError, match="data.name='movielens'"):
         RecDataModule(path, name="movielens").load()
-    with pytest.raises(ConfigError, match="data.domain='book'"):
-        RecDataModule(path, domain="book").load()
+    with pytest.raises(ConfigError, match="data.domain='bookz'"):
+        RecDataModule(path, domain="bookz").load()
 
 
 def test_build_inference_batch(dm):

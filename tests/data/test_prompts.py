@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ilora.data.prompts import PROMPTS, PromptTemplate, get_prompts
+from ilora.data.prompts import PromptTemplate, get_prompts
 from ilora.errors import ConfigError
 
 
@@ -33,18 +33,52 @@ def test_artist_template2_golden():
 
 def test_render_equals_llara_replace_rule():
     """LLaRA: replace the placeholders with ", ".join(title + " [Emb]") and strip the trailing space."""
-    for prompts in PROMPTS.values():
-        for t in prompts.templates:
+    for domain in ("movie", "artist", "game", "book"):
+        for t in get_prompts(domain).templates:
             expected = (t.text.replace("[HistoryHere]", "A [HistoryEmb], B [HistoryEmb]")
                         .replace("[CansHere]", "C [CansEmb], D [CansEmb]").rstrip())
             assert t.render(["A", "B"], ["C", "D"]) == expected
 
 
-@pytest.mark.parametrize("domain", ["movie", "artist", "game"])
-def test_templates_verbatim_from_ilora_files(domain, shared_data):
-    lines = (shared_data / "llara" / "prompts" / f"{domain}.txt").read_text(encoding="utf-8").split("\n")
+@pytest.mark.parametrize("domain,source", [("movie", "movie"), ("artist", "artist"), ("game", "game"),
+                                           ("book", "read")])
+def test_yaml_templates_render_ilora_files_verbatim(domain, source, shared_data):
+    """conf/prompts/<domain>.yaml with the default 20 candidates is iLoRA's prompt file, line for line."""
+    lines = (shared_data / "llara" / "prompts" / f"{source}.txt").read_text(encoding="utf-8").split("\n")
     lines = [line for line in lines if line.strip()]
-    assert [t.text for t in PROMPTS[domain].templates] == lines
+    assert [t.text for t in get_prompts(domain).templates] == lines
+
+
+def test_num_candidates_fills_the_placeholder_and_the_artist_quirk_stays():
+    movie = [t.text for t in get_prompts("movie", num_candidates=50).templates]
+    assert "following 50 movie titles" in movie[0] and "following 50 movie titles" in movie[1]
+    assert not any("20" in t for t in movie)
+    artist = get_prompts("artist", num_candidates=50).templates[1].text
+    assert "10 music artist names" in artist  # iLoRA's own text, kept verbatim
+
+
+def test_a_new_domain_is_a_yaml_file(tmp_path):
+    path = tmp_path / "podcast.yaml"
+    path.write_text('llara:\n  - "Heard [HistoryHere]. Pick one of {num_candidates}: [CansHere]. Answer: "\n'
+                    'history:\n  - "Heard [HistoryHere]. Next: "\n')
+    p = get_prompts("podcast", source=str(path), num_candidates=5)
+    assert p.templates[0].render(["A"], ["B", "C"], hybrid=False) == "Heard A. Pick one of 5: B, C. Answer:"
+    assert get_prompts("podcast", style="history", source=str(path)).templates[0].render(["A"], []) == (
+        "Heard A [HistoryEmb]. Next:")
+    with pytest.raises(ConfigError, match="no 'history' templates"):
+        (tmp_path / "only.yaml").write_text('llara:\n  - "[HistoryHere] [CansHere]"\n')
+        get_prompts("x", style="history", source=str(tmp_path / "only.yaml"))
+    with pytest.raises(ConfigError, match="must not contain"):
+        (tmp_path / "mixed.yaml").write_text('history:\n  - "[HistoryHere] [CansHere]"\n')
+        get_prompts("x", style="history", source=str(tmp_path / "mixed.yaml"))
+    with pytest.raises(ConfigError, match="unknown key 'prompt'"):
+        (tmp_path / "typo.yaml").write_text('prompt:\n  - "[HistoryHere] [CansHere]"\n')
+        get_prompts("x", source=str(tmp_path / "typo.yaml"))
+    with pytest.raises(ConfigError, match="not a readable YAML"):
+        (tmp_path / "broken.yaml").write_text('llara: [\n')
+        get_prompts("x", source=str(tmp_path / "broken.yaml"))
+    with pytest.raises(ConfigError, match="prompt file not found"):
+        get_prompts("x", source=str(tmp_path / "missing.yaml"))
 
 
 def test_train_choice_deterministic_per_seed_epoch_index():
@@ -61,11 +95,11 @@ def test_train_choice_deterministic_per_seed_epoch_index():
 
 
 def test_bad_domain_template_and_text_raise_config_error():
-    with pytest.raises(ConfigError, match="data.domain='book'"):
-        get_prompts("book")
+    with pytest.raises(ConfigError, match="data.domain='books'.*conf/prompts/books.yaml not found"):
+        get_prompts("books")
     with pytest.raises(ConfigError, match="data.template=3"):
         get_prompts("movie", template=3)
-    assert get_prompts("movie", template=2).templates == (PROMPTS["movie"].templates[2],)
+    assert get_prompts("movie", template=2).templates == (get_prompts("movie").templates[2],)
     with pytest.raises(ConfigError, match="bad"):
         PromptTemplate("bad", "no history [CansHere]")
     with pytest.raises(ConfigError, match="swapped"):

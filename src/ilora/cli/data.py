@@ -37,12 +37,25 @@ def _import(args: argparse.Namespace) -> None:
 
 def _build(args: argparse.Namespace) -> None:
     from ilora.data.build import build_dataset
+    from ilora.data.logs import Columns
+    from ilora.data.prompts import prompt_file
 
+    columns = Columns.from_yaml(args.columns) if args.columns else Columns()
+    columns = columns.override(user=args.user_col, item=args.item_col, timestamp=args.time_col,
+                               rating=args.rating_col, item_id=args.item_id_col, title=args.title_col)
     _guard(Path(args.out), args.force)
     min_rating = None if args.min_rating < 0 else args.min_rating
-    rows = build_dataset(args.interactions, args.items, args.out, fmt=args.format, min_rating=min_rating,
-                         seed=args.seed, name=args.name, domain=args.domain)
+    result = build_dataset(args.interactions, args.items, args.out, fmt=args.format, min_rating=min_rating,
+                           seed=args.seed, name=args.name, domain=args.domain, columns=columns, dedupe=args.dedupe,
+                           min_user=args.min_user_interactions, min_item=args.min_item_interactions)
+    rows = {k: result.pop(k) for k in ("train", "val", "test")}
+    for rule, count in result.items():
+        print(f"  {rule}: {count}")
     print(f"{args.out}: {rows}")
+    try:
+        prompt_file(args.domain)
+    except IloraError:
+        print(f"note: no conf/prompts/{args.domain}.yaml yet: write one, or train with data.prompts=<file>")
 
 
 def _build_windows(args: argparse.Namespace) -> None:
@@ -75,15 +88,30 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--force", action="store_true", help="overwrite existing DST/<name> folders")
     imp.set_defaults(func=_import)
 
-    bld = sub.add_parser("build", help="build splits from raw interactions with LLaRA's recipe")
-    bld.add_argument("--interactions", required=True, help="ml100k: u.data; csv: user,item,timestamp[,rating]")
-    bld.add_argument("--items", required=True, help="ml100k: u.item; csv: item,title")
+    bld = sub.add_parser("build", help="build splits from raw interactions with LLaRA's recipe",
+                         description="Rules for logs other than ML-100K (duplicates, untitled items, id maps): "
+                                     "data/README.md and ilora.data.logs.")
+    bld.add_argument("--interactions", required=True,
+                     help="ml100k: u.data; else a csv/tsv/parquet/jsonl log with user, item, timestamp[, rating]")
+    bld.add_argument("--items", default=None,
+                     help="ml100k: u.item; else a catalogue with item id and title (omit: titles in --interactions)")
     bld.add_argument("--out", required=True, help="output dataset folder")
-    bld.add_argument("--min-rating", type=int, default=3, help="keep rating >= this (LLaRA: > 2); -1 keeps all")
+    bld.add_argument("--format", choices=["auto", "ml100k", "csv", "tsv", "parquet", "jsonl"], default="auto",
+                     help="auto: by extension (*.data + *.item: ml100k)")
+    bld.add_argument("--columns", default=None, help="YAML mapping user/item/timestamp/rating/item_id/title to "
+                                                     "the files' column names")
+    for flag, key in (("--user-col", "user"), ("--item-col", "item"), ("--time-col", "timestamp"),
+                      ("--rating-col", "rating"), ("--item-id-col", "item_id (catalogue; default: --item-col)"),
+                      ("--title-col", "title")):
+        bld.add_argument(flag, default=None, help=f"column holding {key} (overrides --columns)")
+    bld.add_argument("--min-rating", type=float, default=3, help="keep rating >= this (LLaRA: > 2); -1 keeps all")
+    bld.add_argument("--dedupe", choices=["exact", "user-item", "none"], default="exact",
+                     help="exact: drop repeats of (user, item, timestamp); user-item: first event per pair")
+    bld.add_argument("--min-user-interactions", type=int, default=0, help="k-core: drop users with fewer events")
+    bld.add_argument("--min-item-interactions", type=int, default=0, help="k-core: drop items with fewer events")
     bld.add_argument("--seed", type=int, default=0, help="seed of the 8:1:1 user split")
-    bld.add_argument("--format", choices=["ml100k", "csv"], default="ml100k")
     bld.add_argument("--name", default=None, help="dataset name in meta.json (default: folder name)")
-    bld.add_argument("--domain", choices=["movie", "artist", "game"], default="movie")
+    bld.add_argument("--domain", default="movie", help="prompt domain: conf/prompts/<domain>.yaml")
     bld.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
     bld.set_defaults(func=_build)
 

@@ -10,6 +10,8 @@ Recipe (LLaRA `movielens_data` preprocessing, see shared/data/llara/SCHEMA.md):
    train keeps every example of its users (the first one has an empty history), val/test keep only the last
    example of each held-out user.
 Unlike LLaRA's reader we read `u.data` with `header=None`, so its first line is kept (LLaRA lost it as a header).
+Logs other than ML-100K (any ids, own column names, csv/tsv/parquet/jsonl) pass through `ilora.data.logs` first,
+which states and counts its rules (duplicates, untitled items, k-core) and remaps ids to dense ones.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ilora.data.datasets import WINDOW, write_dataset
+from ilora.data.datasets import WINDOW, write_dataset, write_map
+from ilora.data.logs import Columns, read_logs
 from ilora.errors import DataError
 
 SPLIT_FRACTIONS = (0.8, 0.1)  # train, val; test gets the rest
@@ -104,90 +107,99 @@ def llara_movie_title(raw: str) -> str:
 def read_ml100k_titles(path: str | os.PathLike) -> list[str]:
     """LLaRA-style titles from ML-100K `u.item` (`|`-separated, latin-1), indexed by movie id - 1."""
     path = Path(path)
-    items = _read_table(path, "ml100k", "items")
+    items = _read_ml100k(path, "items")
     if not np.array_equal(items["item"].to_numpy(), np.arange(1, len(items) + 1)):
         raise DataError(f"{path}: movie ids must be 1..{len(items)} in file order")
     return [llara_movie_title(t) for t in items["title"].astype(str)]
 
 
-def _read_table(path: Path, fmt: str, kind: str) -> pd.DataFrame:
+def _read_ml100k(path: Path, kind: str) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"{path}: {kind} file not found")
     try:
-        if fmt == "ml100k" and kind == "interactions":
+        if kind == "interactions":
             return pd.read_csv(path, sep="\t", header=None, names=["user", "item", "rating", "timestamp"])
-        if fmt == "ml100k":
-            frame = pd.read_csv(path, sep="|", header=None, encoding="latin-1", usecols=[0, 1])
-            return frame.set_axis(["item", "title"], axis=1)
-        return pd.read_csv(path)
+        frame = pd.read_csv(path, sep="|", header=None, encoding="latin-1", usecols=[0, 1])
+        return frame.set_axis(["item", "title"], axis=1)
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot parse {kind} as {fmt} ({e})") from e
+        raise DataError(f"{path}: cannot parse {kind} as ml100k ({e})") from e
 
 
-def _need(frame: pd.DataFrame, columns: tuple[str, ...], path: Path) -> None:
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise DataError(f"{path}: missing columns {missing} (have {list(frame.columns)})")
-    for c in columns:
-        if frame[c].isna().any():
-            raise DataError(f"{path}: column {c!r} has {int(frame[c].isna().sum())} empty values")
+def is_ml100k(interactions_path: str | os.PathLike, items_path: str | os.PathLike | None, fmt: str) -> bool:
+    """`--format ml100k`, or `auto` with ML-100K's own file names (`*.data` + `*.item`)."""
+    if fmt != "auto":
+        return fmt == "ml100k"
+    return Path(interactions_path).suffix == ".data" and items_path is not None and Path(items_path).suffix == ".item"
 
 
 def build_dataset(
     interactions_path: str | os.PathLike,
-    items_path: str | os.PathLike,
+    items_path: str | os.PathLike | None,
     out: str | os.PathLike,
     *,
-    fmt: str = "ml100k",
-    min_rating: int | None = 3,
+    fmt: str = "auto",
+    min_rating: float | None = 3,
     seed: int = 0,
     name: str | None = None,
     domain: str = "movie",
+    columns: Columns | None = None,
+    dedupe: str = "exact",
+    min_user: int = 0,
+    min_item: int = 0,
 ) -> dict[str, int]:
-    """Build `out/` from raw logs; returns {split: rows}.
+    """Build `out/` from raw logs; returns {split: rows} plus the counts of every rule applied.
 
-    ml100k: `u.data` (tab, no header) + `u.item` (`|`, latin-1), item id = movie id - 1, LLaRA-style titles.
-    csv: interactions with header `user,item,timestamp[,rating]` and items `item,title`, item ids already
-    dense 0..n-1. Titles are used as given.
+    ml100k: `u.data` (tab, no header) + `u.item` (`|`, latin-1), item id = movie id - 1, LLaRA-style titles,
+    user ids as in the file. Any other log (csv/tsv/parquet/jsonl; `ilora.data.logs` states the rules): any ids,
+    remapped to dense ones with `item_map.parquet` / `user_map.parquet` written beside the dataset.
     """
-    inter, items = read_logs(interactions_path, items_path, fmt=fmt, min_rating=min_rating)
-    inter_path, item_path = Path(interactions_path), Path(items_path)
+    inter_path = Path(interactions_path)
+    counts: dict[str, int] = {}
+    maps: dict[str, pd.DataFrame] = {}
+    if is_ml100k(interactions_path, items_path, fmt):
+        if items_path is None:
+            raise DataError("--format ml100k needs --items (u.item)")
+        inter, items = read_ml100k_logs(interactions_path, items_path, min_rating=min_rating)
+        titles, source, terms = items["title"].astype(str).tolist(), ML100K_SOURCE, ML100K_TERMS
+        sources = f"{inter_path.name} + {Path(items_path).name} (format ml100k)"
+    else:
+        tables = read_logs(interactions_path, items_path, columns=columns or Columns(), fmt=fmt, min_rating=min_rating,
+                           dedupe=dedupe, min_user=min_user, min_item=min_item)
+        inter, titles, counts = tables.interactions, tables.titles, tables.counts
+        maps = {"item_map": tables.item_map, "user_map": tables.user_map}
+        source, terms = f"built from {inter_path.name}", "see source"
+        sources = f"{inter_path.name}" + (f" + {Path(items_path).name}" if items_path is not None else "")
     splits = build_splits(inter, seed=seed)
     notes = [
-        f"built from {inter_path.name} + {item_path.name} (format {fmt}), min_rating={min_rating}, seed={seed}",
+        f"built from {sources}, min_rating={min_rating}, seed={seed}",
         "per-user stable time sort; user split int(0.8n)/int(0.1n)/rest; val/test = last interaction per user",
     ]
-    is_ml = fmt == "ml100k"
-    write_dataset(
-        out, name=name or Path(out).name, domain=domain, titles=items["title"].astype(str).tolist(), splits=splits,
-        source=ML100K_SOURCE if is_ml else f"built from {inter_path.name}", terms=ML100K_TERMS if is_ml else "see source",
-        notes=notes,
-    )
-    return {k: len(v) for k, v in splits.items()}
+    if maps:
+        notes.append(f"rules (ilora.data.logs): dedupe={dedupe}, min_user={min_user}, min_item={min_item}; "
+                     f"counts {counts}; ids remapped: item_map.parquet, user_map.parquet")
+    write_dataset(out, name=name or Path(out).name, domain=domain, titles=titles, splits=splits, source=source,
+                  terms=terms, notes=notes)
+    for stem, frame in maps.items():
+        write_map(Path(out) / f"{stem}.parquet", frame)
+    return {**{k: len(v) for k, v in splits.items()}, **counts}
 
 
-def read_logs(interactions_path: str | os.PathLike, items_path: str | os.PathLike, *, fmt: str = "ml100k",
-              min_rating: int | None = 3) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Checked interactions (`user`, `item`, `timestamp`[, `rating`], rating-filtered) and items (`item`, `title`)."""
-    if fmt not in ("ml100k", "csv"):
-        raise DataError(f"--format must be ml100k or csv, got {fmt!r}")
+def read_ml100k_logs(interactions_path: str | os.PathLike, items_path: str | os.PathLike, *,
+                     min_rating: float | None = 3) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """ML-100K interactions (`user`, `item`, `timestamp`, `rating`, rating-filtered, item = movie id - 1) and
+    items (`item`, `title`, LLaRA's titles)."""
     inter_path, item_path = Path(interactions_path), Path(items_path)
-    inter = _read_table(inter_path, fmt, "interactions")
-    items = _read_table(item_path, fmt, "items")
-    _need(inter, ("user", "item", "timestamp"), inter_path)
-    _need(items, ("item", "title"), item_path)
-    if fmt == "ml100k":
-        inter["item"] = inter["item"] - 1
-        items = pd.DataFrame({"item": np.arange(len(items)), "title": read_ml100k_titles(item_path)})
-    if min_rating is not None and "rating" in inter.columns:
+    inter = _read_ml100k(inter_path, "interactions")
+    _read_ml100k(item_path, "items")
+    inter["item"] = inter["item"] - 1
+    titles = read_ml100k_titles(item_path)
+    items = pd.DataFrame({"item": np.arange(len(titles)), "title": titles})
+    if min_rating is not None:
         inter = inter[inter["rating"] >= min_rating]
-    items = items.sort_values("item")
-    num_items = len(items)
-    if not np.array_equal(items["item"].to_numpy(), np.arange(num_items)):
-        raise DataError(f"{item_path}: item ids must be dense 0..{num_items - 1} (ml100k: movie id - 1)")
-    bad = (inter["item"] < 0) | (inter["item"] >= num_items)
+    bad = (inter["item"] < 0) | (inter["item"] >= len(items))
     if bad.any():
-        raise DataError(f"{inter_path}: {int(bad.sum())} interactions with item ids missing from {item_path}")
+        raise DataError(f"{inter_path}: column 'item': movie id {int(inter['item'][bad].iloc[0]) + 1} is not in "
+                        f"{item_path}")
     if inter.empty:
         raise DataError(f"{inter_path}: no interactions left after the rating filter (--min-rating {min_rating})")
-    return inter.astype({"user": np.int64, "item": np.int64}), items.reset_index(drop=True)
+    return inter.astype({"user": np.int64, "item": np.int64}), items

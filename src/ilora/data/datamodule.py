@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from ilora.data.candidates import eval_candidates, train_candidates
 from ilora.data.collate import PromptCollator
 from ilora.data.datasets import RecData, Split, load_dataset
-from ilora.data.prompts import get_prompts
+from ilora.data.prompts import PromptSet, get_prompts
 from ilora.errors import ConfigError, DataError
 
 
@@ -78,7 +78,8 @@ class RecDataModule(L.LightningDataModule):
 
     `batch_size` and `eval_batch_size` are global (divided by the world size); `min_history` drops examples
     with shorter real histories (LLaRA keeps `len_seq >= 3`); `domain` / `template` override the prompt set
-    (default: the dataset's domain, all its templates); `prompt`: `llara` (candidates listed, as the papers) or
+    (default: the dataset's domain, all its templates); `prompts`: the templates' YAML file (a path, or a name
+    under conf/prompts; default conf/prompts/<domain>.yaml); `prompt`: `llara` (candidates listed, as the papers) or
     `history` (history only; candidates are scored, never listed); `train_layout`: `answer` (prompt + answer,
     right-padded, for the answer loss) or `prompt` (left-padded prompts, for losses over the candidate pass);
     `limit_*` keep the first rows for smoke runs; `encoder_data` (read by the entry points, not here) names the
@@ -101,6 +102,7 @@ class RecDataModule(L.LightningDataModule):
         terminator: str | list[int] | None = None,
         text_only: bool = False,
         prompt: str = "llara",
+        prompts: str | None = None,
         train_layout: str = "answer",
         encoder_data: str | None = None,
         limit_train_examples: int | None = None,
@@ -141,12 +143,17 @@ class RecDataModule(L.LightningDataModule):
             data = load_dataset(self.hparams.dir)
             if self.hparams.name is not None and data.name != self.hparams.name:
                 raise ConfigError(f"data.name={self.hparams.name!r} but {self.hparams.dir}/meta.json says {data.name!r}")
-            get_prompts(self.domain_of(data), self.hparams.template, self.hparams.prompt)  # fail now if bad
+            self.prompt_set(data)  # fail now if bad
             self._data = data
         return self._data
 
     def domain_of(self, data: RecData) -> str:
         return self.hparams.domain or data.domain
+
+    def prompt_set(self, data: RecData) -> PromptSet:
+        """The templates in force: `data.prompts` (a file or a name under conf/prompts), else the domain's."""
+        return get_prompts(self.domain_of(data), self.hparams.template, self.hparams.prompt,
+                           num_candidates=self.hparams.num_candidates, source=self.hparams.prompts)
 
     num_items = property(lambda self: self.load().num_items)
     padding_id = property(lambda self: self.load().padding_id)
@@ -213,7 +220,7 @@ class RecDataModule(L.LightningDataModule):
         data = self.load()
         return PromptCollator(
             self.tokenizer, titles=data.titles, padding_id=data.padding_id, window=data.window,
-            prompts=get_prompts(self.domain_of(data), self.hparams.template, self.hparams.prompt), mode=mode,
+            prompts=self.prompt_set(data), mode=mode,
             layout=self.hparams.train_layout if mode == "train" else "prompt", seed=self.hparams.seed,
             terminator=self.hparams.terminator, max_prompt_tokens=self.hparams.max_prompt_tokens,
             context_tokens=self._context[0], reserve_tokens=self._context[1],

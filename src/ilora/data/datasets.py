@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from ilora.errors import DataError
 from ilora.jsonfile import read_json_object
 
 KNOWN_DATASETS = ("movielens", "lastfm", "steam", "movielens_windows")
-DOMAINS = ("movie", "artist", "game")
+DOMAIN_PATTERN = re.compile(r"[A-Za-z0-9_-]+")  # names conf/prompts/<domain>.yaml
 WINDOW = 10
 SPLIT_NAMES = ("train", "val", "test")
 _HISTORY_TYPE = pa.list_(pa.int64())
@@ -203,12 +204,47 @@ def load_dataset(directory: str | os.PathLike, splits: Sequence[str] = SPLIT_NAM
     for name in splits:
         path = root / f"{name}.parquet"
         if not path.is_file():
-            raise DataError(f"{path}: split {name!r} not found (have {sorted(p.stem for p in root.glob('*.parquet'))})")
+            have = sorted(p.stem for p in root.glob("*.parquet") if p.stem not in MAPS)
+            raise DataError(f"{path}: split {name!r} not found (have {have})")
         loaded[name] = _split_from_table(_read_table(path), name, num_items, window, path)
+    _check_maps(root, num_items, loaded)
     return RecData(
         name=meta["name"], domain=meta["domain"], num_items=num_items, padding_id=meta["padding_id"],
         window=window, titles=titles, meta=meta, splits=loaded,
     )
+
+
+MAPS = {"item_map": "item_id", "user_map": "user"}  # dense id -> the log's own id, when the build remapped ids
+
+
+def _check_maps(root: Path, num_items: int, splits: Mapping[str, Split]) -> None:
+    """`item_map.parquet` / `user_map.parquet`, when present: one row per dense id 0..n-1, distinct original ids."""
+    for stem, key in MAPS.items():
+        path = root / f"{stem}.parquet"
+        if not path.is_file():
+            continue
+        table = _read_table(path)
+        ids = _int_column(table, key, path)
+        if "original_id" not in table.column_names or table.column("original_id").null_count:
+            raise DataError(f"{path}: column 'original_id' missing or with nulls")
+        if not np.array_equal(ids, np.arange(len(ids))):
+            raise DataError(f"{path}: column {key!r} must be 0..{len(ids) - 1} in order")
+        original = table.column("original_id").to_pylist()
+        if len(set(original)) != len(original):
+            raise DataError(f"{path}: column 'original_id' has duplicates")
+        if stem == "item_map" and len(ids) != num_items:
+            raise DataError(f"{path}: {len(ids)} rows for {num_items} items")
+        if stem == "user_map":
+            for split in splits.values():
+                if split.user is not None and len(split.user) and int(split.user.max()) >= len(ids):
+                    raise DataError(f"{path}: user {int(split.user.max())} of split {split.name!r} is not mapped")
+
+
+def write_map(path: Path, frame: pd.DataFrame) -> None:
+    """An id map (`item_map` / `user_map`): dense ids int64, original ids as text, other columns as given."""
+    table = pa.table({c: pa.array(frame[c].astype(str).tolist()) if c in ("original_id", "title")
+                      else pa.array(frame[c].to_numpy().astype(np.int64)) for c in frame.columns})
+    pq.write_table(table, path)
 
 
 def pad_histories(history: Sequence[Sequence[int]], padding_id: int, window: int) -> tuple[np.ndarray, np.ndarray]:
@@ -265,8 +301,9 @@ def write_dataset(
     Everything is checked in memory first (same rules as `load_dataset`), so a bad frame leaves no files.
     """
     root = Path(directory)
-    if domain not in DOMAINS:
-        raise DataError(f"{root}: domain must be one of {list(DOMAINS)}, got {domain!r}")
+    if not isinstance(domain, str) or not DOMAIN_PATTERN.fullmatch(domain):
+        raise DataError(f"{root}: domain must be a name of letters, digits, '_' or '-' (conf/prompts/<domain>.yaml), "
+                        f"got {domain!r}")
     num_items = len(titles)
     if num_items < 1 or any(not isinstance(t, str) for t in titles):
         raise DataError(f"{root}: titles must be a non-empty list of strings, one per item id")

@@ -1,4 +1,7 @@
-"""Instruction templates (iLoRA's "20 titles" variants, one set per domain) and their rendering.
+"""Instruction templates (one YAML file per domain under `conf/prompts/`) and their rendering.
+
+The movie/artist/game/book files hold iLoRA's texts verbatim (their quirks documented in each file), with the
+candidate count written as `{num_candidates}`; a new domain is a new YAML file, or any file given as `data.prompts`.
 
 A template is split once into three text pieces around `[HistoryHere]` and `[CansHere]`; every item is
 rendered as `" " + title` (plus a slot marker in hybrid prompts) and items are joined by ",". The collator
@@ -9,10 +12,14 @@ over examples and a resumed run reproduces them; evaluation always uses template
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import yaml
 
 from ilora.errors import ConfigError
 
@@ -107,67 +114,70 @@ def uniform01(seed: int, epoch: int, indices: np.ndarray, *, stream: int) -> np.
     return (mix64(seed, epoch, indices, stream=stream) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
-def _set(domain: str, *texts: str) -> PromptSet:
-    return PromptSet(domain, tuple(PromptTemplate(f"{domain}{i}", t) for i, t in enumerate(texts)))
+PROMPT_STYLES = ("llara", "history")
+NUM_CANDIDATES = "{num_candidates}"
 
 
-# Verbatim from iLoRA's prompt files (data/llara/prompts/{movie,artist,game}.txt), including their quirks
-# (the artist set's second template says "10 music artist names").
-PROMPTS: dict[str, PromptSet] = {
-    "movie": _set(
-        "movie",
-        "This user has watched [HistoryHere] in the previous. Please predict the next movie this user will watch. "
-        "Choose the answer from the following 20 movie titles: [CansHere]. Answer: ",
-        "This user has watched [HistoryHere] in the previous. Given the following 20 movie titles: [CansHere], "
-        "recommend one movie for this user to watch next. The movie title you recommend is: ",
-        "The visit history of this user is: [HistoryHere]. Recommend a next movie for this user to watch from the "
-        "following movie title set: [CansHere]. The recommendation should contain one movie title only. "
-        "Recommendation:",
-    ),
-    "artist": _set(
-        "artist",
-        "This user has listened to [HistoryHere] in the previous. Please predict the next music artist this user "
-        "will listen to. The artist name candidates are [CansHere]. Choose only one artist from the candidates. "
-        "The answer is ",
-        "This user has listened to [HistoryHere] in the previous. Given the following 10 music artist names, "
-        "[CansHere], recommend one artist for this user to listen to next. The artist name you recommend is ",
-        "The listening history of this user is [HistoryHere]. Recommend the next music artist for this user to "
-        "listen to from the following artist name set, [CansHere]. The recommendation should contain one "
-        "artist's name only. The recommendation is ",
-    ),
-    "game": _set(
-        "game",
-        "This user has played [HistoryHere] in the previous. Please predict the next game this user will play. "
-        "The game title candidates are [CansHere]. Choose only one game from the candidates. The answer is ",
-        "This user has played [HistoryHere] in the previous. Given the following 20 game titles, [CansHere], "
-        "recommend one game for this user to play next. The game title you recommend is ",
-        "The visit history of this user is [HistoryHere]. Recommend a next game for this user to play from the "
-        "following game title set, [CansHere]. The recommendation should contain one game title only. "
-        "The recommendation is ",
-    ),
-}
+def prompts_dir() -> Path:
+    """`$ILORA_ROOT/conf/prompts`, else the repository's `conf/prompts` (found from this file)."""
+    root = Path(os.environ["ILORA_ROOT"]) if os.environ.get("ILORA_ROOT") else Path(__file__).resolve().parents[3]
+    return root / "conf" / "prompts"
 
 
-# `data.prompt=history`: the first sentences of template 0 above, with the question closed instead of a listed set.
-HISTORY_PROMPTS: dict[str, PromptSet] = {
-    "movie": _set("movie", "This user has watched [HistoryHere] in the previous. Please predict the next movie this "
-                           "user will watch. Answer: "),
-    "artist": _set("artist", "This user has listened to [HistoryHere] in the previous. Please predict the next music "
-                             "artist this user will listen to. The answer is "),
-    "game": _set("game", "This user has played [HistoryHere] in the previous. Please predict the next game this user "
-                         "will play. The answer is "),
-}
-PROMPT_STYLES = {"llara": PROMPTS, "history": HISTORY_PROMPTS}
+def prompt_file(domain: str, source: str | os.PathLike | None = None) -> Path:
+    """The YAML file of a domain's templates: `source` (a path, or a name under conf/prompts), else the domain's."""
+    if source is not None:
+        path = Path(source)
+        if path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
+            if not path.is_file():
+                raise ConfigError(f"data.prompts={str(source)!r}: prompt file not found")
+            return path
+        domain = str(source)
+    path = prompts_dir() / f"{domain}.yaml"
+    if not path.is_file():
+        have = sorted(p.stem for p in prompts_dir().glob("*.yaml"))
+        what = f"data.prompts={domain!r}" if source is not None else f"data.domain={domain!r}"
+        raise ConfigError(f"{what} has no prompt templates: {path} not found (have {have}); "
+                          f"add conf/prompts/{domain}.yaml or point data.prompts at a YAML file")
+    return path
 
 
-def get_prompts(domain: str, template: int | None = None, style: str = "llara") -> PromptSet:
-    """The domain's templates of `style` (`llara`: candidates listed, as the papers; `history`: history only),
-    or only template `template` when set (ConfigError names the bad key)."""
+@functools.lru_cache(maxsize=64)
+def _read_prompt_file(path: Path, mtime: float) -> dict[str, tuple[str, ...]]:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: not a readable YAML prompt file ({e})") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with a 'llara' list of templates (and optionally 'history')")
+    unknown = sorted(set(raw) - set(PROMPT_STYLES))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r} (expected {list(PROMPT_STYLES)})")
+    out = {}
+    for style, texts in raw.items():
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+            raise ConfigError(f"{path}: {style!r} must be a non-empty list of template strings")
+        out[style] = tuple(texts)
+    return out
+
+
+def get_prompts(domain: str, template: int | None = None, style: str = "llara", *, num_candidates: int = 20,
+                source: str | os.PathLike | None = None) -> PromptSet:
+    """The templates of `style` from the domain's YAML (`conf/prompts/<domain>.yaml`, or `source`), with
+    `{num_candidates}` filled in; only template `template` when set. A ConfigError names the bad key or file."""
     if style not in PROMPT_STYLES:
         raise ConfigError(f"data.prompt={style!r} is not one of {sorted(PROMPT_STYLES)}")
-    if domain not in PROMPT_STYLES[style]:
-        raise ConfigError(f"data.domain={domain!r} has no prompt templates; expected one of {sorted(PROMPTS)}")
-    prompts = PROMPT_STYLES[style][domain]
+    path = prompt_file(domain, source)
+    texts = _read_prompt_file(path.resolve(), path.stat().st_mtime).get(style)
+    if texts is None:
+        raise ConfigError(f"{path}: no {style!r} templates (data.prompt={style} needs them)")
+    templates = tuple(PromptTemplate(f"{path.stem}{i}", t.replace(NUM_CANDIDATES, str(num_candidates)))
+                      for i, t in enumerate(texts))
+    for t in templates:
+        if t.lists_candidates != (style == "llara"):
+            raise ConfigError(f"{path}: {style!r} template {t.name!r} must {'' if style == 'llara' else 'not '}"
+                              f"contain {CANS_HERE}")
+    prompts = PromptSet(domain, templates)
     if template is None:
         return prompts
     if not 0 <= template < len(prompts):

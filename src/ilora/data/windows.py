@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ilora.data.build import ML100K_TERMS, build_splits, read_logs
+from ilora.data.build import ML100K_TERMS, build_splits, read_ml100k_logs
 from ilora.data.datasets import load_dataset, write_dataset
 from ilora.errors import DataError
 
@@ -43,7 +43,7 @@ def build_window_dataset(
     test_per_user: int | None = 24, seed: int = 0, name: str = "movielens_windows",
 ) -> dict[str, int]:
     """Write the extended protocol to `out/`; returns {split: rows}."""
-    inter, items = read_logs(interactions_path, items_path, fmt="ml100k", min_rating=3)
+    inter, items = read_ml100k_logs(interactions_path, items_path, min_rating=3)
     try:
         users = json.loads(Path(user_split_path).read_text(encoding="utf-8"))
         split = tuple(np.asarray(users[k], dtype=np.int64) for k in ("train_users", "val_users", "test_users"))
