@@ -21,6 +21,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ilora.data.datasets import load_dataset
+from ilora.data.synthetic import write_raw_log
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -51,6 +52,7 @@ ADDED = {
     "ilora-train-encoder": ["encoder.train.max_epochs=1"],
     "ilora-eval": ["logger=none", "trainer.precision=32-true"],
     "ilora-predict": [],
+    "ilora-export": [],
 }
 
 
@@ -74,7 +76,8 @@ def run(ws, command: str, *, extra: list[str] = (), cwd: Path | None = None) -> 
     args = shlex.split(command)
     tool, rest = args[0], args[1:]
     rest, added = with_added(tool, rest, [f"paths.log_dir={ws['root'] / 'outputs'}", *extra]
-                             if tool.startswith(("ilora-train", "ilora-eval", "ilora-predict")) else list(extra))
+                             if tool.startswith(("ilora-train", "ilora-eval", "ilora-predict", "ilora-export"))
+                             else list(extra))
     ws["log"].append((command, added))
     result = subprocess.run([str(BIN / tool), *rest], cwd=cwd or ws["root"], env=ws["env"], capture_output=True,
                             text=True, timeout=600)
@@ -115,6 +118,11 @@ def test_every_readme_command_runs(workspace):
     step("ilora-data build --interactions u.data --items u.item --out DIR",
          {"u.data": str(ml / "u.data"), "u.item": str(ml / "u.item"), "DIR": built})
     assert ": ok (built, movie, 1682 items" in step("ilora-data check DIR", {"DIR": built}).stdout
+    logs = write_raw_log(ws["root"] / "logs")["dir"]  # a researcher's own log: string ids, own columns, TSV
+    own = str(ws["root"] / "own")
+    step("ilora-data build --interactions plays.tsv --items episodes.tsv --columns columns.yaml --domain podcast "
+         "--out DIR", {name: f"{logs}/{name}" for name in ("plays.tsv", "episodes.tsv", "columns.yaml")} | {"DIR": own})
+    assert load_dataset(own).domain == "podcast" and (Path(own) / "item_map.parquet").is_file()
     windows = str(ws["root"] / "windows")
     step("ilora-data build-windows --interactions u.data --items u.item --user-split user_split.json "
          "--train data/movielens --out DIR",
@@ -158,6 +166,11 @@ def test_every_readme_command_runs(workspace):
     step("ilora-predict ckpt_path=PATH history='[Toy Story,Heat]'", {"PATH": ckpt})
     saved = json.loads(newest(outputs, "predict/runs/*/predictions.json").read_text())
     assert [load_dataset("movielens").titles[i] for i in saved["history"]] == ["Toy Story", "Heat"]
+
+    exported = ws["root"] / "exported"
+    step("ilora-export ckpt_path=PATH out=DIR", {"PATH": ckpt, "DIR": str(exported)})
+    assert json.loads((exported / "ilora_export.json").read_text())["verify_max_abs_logit_difference"] < 1e-5
+    assert (exported / "adapter_model.safetensors").is_file()
 
     step("ilora-report DIR", {"DIR": str(sweep)})
     # the study: every planned command is listed (--dry-run added); tests/test_study.py runs it on the tiny backbone

@@ -17,6 +17,7 @@ from ilora.cli.common import task_wrapper, write_json
 from ilora.cli.components import build_all
 from ilora.cli.eval import model_config
 from ilora.cli.runs import check_checkpoint_fits, claim_run_dir, run_or_exit
+from ilora.data.datasets import original_item_ids
 from ilora.errors import ConfigError, DataError
 
 ID_PREFIX = "id:"
@@ -99,6 +100,10 @@ def predict(cfg: DictConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     order = sorted(range(len(candidates)), key=lambda j: -record["scores"][j])[: int(cfg.top_k)]
     ranked = [{"rank": r + 1, "item_id": candidates[j], "title": titles[candidates[j]], "score": record["scores"][j]}
               for r, j in enumerate(order)]
+    original = original_item_ids(run_cfg.data.dir)  # a dataset built from ids of its own: name them too
+    if original is not None:
+        for row in ranked:
+            row["original_id"] = original[row["item_id"]]
     out_dir = Path(cfg.paths.output_dir)
     write_json(out_dir / "predictions.json", {"history": history, "candidates": candidates, "ranked": ranked,
                                               "generated": record.get("generated"), "gate": record.get("gate")})
@@ -109,7 +114,8 @@ def predict(cfg: DictConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
 def _hydra_main(cfg: DictConfig) -> None:
     ranked, objects = run_or_exit(predict, cfg)
     for row in ranked:
-        print(f"{row['rank']:3d}  {row['score']:9.3f}  [{row['item_id']}] {row['title']}")
+        own = f" ({row['original_id']})" if "original_id" in row else ""
+        print(f"{row['rank']:3d}  {row['score']:9.3f}  [{row['item_id']}]{own} {row['title']}")
     if objects["record"].get("generated") is not None:
         print(f"generated: {objects['record']['generated']!r}")
 

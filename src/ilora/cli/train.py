@@ -13,7 +13,7 @@ from typing import Any
 import hydra
 import lightning.pytorch as pl
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ilora.callbacks import usable_callbacks
 from ilora.cli import CONFIG_DIR
@@ -28,6 +28,7 @@ from ilora.cli.runs import (
     run_mode_is_multirun,
 )
 from ilora.cli.summary import summary_table
+from ilora.data.prompts import absolute_source
 from ilora.errors import IloraError
 
 SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports it: the run stopped early, cleanly, and can resume
@@ -38,6 +39,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit (unless nothing is trainable), test, and write metrics.json into the run directory."""
     start = time.time()
     out_dir = Path(cfg.paths.output_dir)
+    if OmegaConf.select(cfg, "data.prompts", default=None):  # a prompt file: stored absolute in the checkpoint
+        with open_dict(cfg):
+            cfg.data.prompts = absolute_source(cfg.data.prompts)
     if is_rank_zero():
         claim_run_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

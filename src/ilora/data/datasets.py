@@ -240,6 +240,12 @@ def _check_maps(root: Path, num_items: int, splits: Mapping[str, Split]) -> None
                     raise DataError(f"{path}: user {int(split.user.max())} of split {split.name!r} is not mapped")
 
 
+def original_item_ids(directory: str | os.PathLike) -> list[str] | None:
+    """The log's own item ids by dense id (`item_map.parquet`), or None when the build kept the ids as they were."""
+    path = resolve_dataset_dir(directory) / "item_map.parquet"
+    return _read_table(path).column("original_id").to_pylist() if path.is_file() else None
+
+
 def write_map(path: Path, frame: pd.DataFrame) -> None:
     """An id map (`item_map` / `user_map`): dense ids int64, original ids as text, other columns as given."""
     table = pa.table({c: pa.array(frame[c].astype(str).tolist()) if c in ("original_id", "title")

@@ -142,6 +142,14 @@ def prompt_file(domain: str, source: str | os.PathLike | None = None) -> Path:
     return path
 
 
+def absolute_source(source: str | None) -> str | None:
+    """A `data.prompts` file path made absolute (checkpoints then find it from any directory); names unchanged."""
+    if source is None:
+        return None
+    path = Path(str(source))
+    return str(path.resolve()) if path.suffix in (".yaml", ".yml") or len(path.parts) > 1 else str(source)
+
+
 @functools.lru_cache(maxsize=64)
 def _read_prompt_file(path: Path, mtime: float) -> dict[str, tuple[str, ...]]:
     try:
