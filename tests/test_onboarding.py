@@ -75,7 +75,6 @@ def test_raw_log_to_prediction_and_export_with_configuration_only(workspace):
         outputs[tool + (" " + args[0] if tool == "ilora-data" else "")] = result.stdout
         if tool == "ilora-train":
             (ckpt,) = (root / "outputs").glob("train/runs/*/checkpoints/last.ckpt")
-            assert [p.name for p in ckpt.parent.glob("last*.ckpt")] == ["last.ckpt"]  # no last-v1.ckpt beside it
 
     # build: the rules were applied and counted; string ids became dense ids with the maps shipped
     built = outputs["ilora-data build"]
