@@ -61,6 +61,7 @@ def test_study_runs_resumes_and_reports_paired_differences(study, tmp_path, shar
     for png in ("hr1.png", "paired_hr1.png", "learning_curves.png"):
         assert (results / png).stat().st_size > 0
     assert windows["curve"] and windows["curve"][-1]["train_examples"] == 16
+    assert len(windows["commit"].split("+")[0]) == 40 and windows["machine"]["precision"] in ("bf16", "fp32")
 
     # an interrupted run (no completed status) resumes from its last.ckpt in a new attempt directory
     base = study.OUT / "movielens__ilora_k4__s0"

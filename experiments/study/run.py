@@ -166,7 +166,7 @@ def record(data: str, protocol: str, method: str, seed: int, directory: Path, at
         "rank_ndcg@5": metrics["test/rank_ndcg@5"], "n_test": int(metrics["test/num_examples"]),
         "train_examples": int(config["trainer"]["max_steps"]) * per_step if trained else 0,
         "wall_time_s": round(train_wall + eval_wall, 1), "attempts": len(attempts),
-        "machine": machine(), "recorded": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": machine(), "recorded": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit(),
         "load_avg_1m": round(os.getloadavg()[0], 2),  # > cores: the timing shared the machine
         "index": index, "user": users, "target_rank": ranks, "curve": _curve(attempts) if trained else [],
         "config": {"model.loss": config["model"]["loss"], "data.prompt": config["data"]["prompt"],
@@ -255,6 +255,19 @@ def summarise(runs: list[dict], sasrec: dict[str, dict]) -> dict:
                     entry[metric] = {"mean": float(diff.mean()), "ci95": [low, high], "half_width": (high - low) / 2}
                 paired.append(entry)
     return {"summary": summary, "paired": paired}
+
+
+def commit() -> str | None:
+    """The code's git commit (runs are results only when made with committed code); None outside a checkout."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "src", "conf",
+                                "experiments/study/run.py"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+    except OSError:
+        return None
+    if head.returncode:
+        return None
+    return head.stdout.strip() + ("+uncommitted" if dirty.stdout.strip() else "")
 
 
 def machine() -> dict:
