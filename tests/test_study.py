@@ -63,10 +63,19 @@ def test_study_runs_resumes_and_reports_paired_differences(study, tmp_path, shar
     assert windows["curve"] and windows["curve"][-1]["train_examples"] == 16
     assert len(windows["commit"].split("+")[0]) == 40 and windows["machine"]["precision"] in ("bf16", "fp32")
 
-    # an interrupted run (no completed status) resumes from its last.ckpt in a new attempt directory
+    # a recorded run is kept, also where its run directories are gone (a fresh clone: outputs/ is not committed)
+    before_runs = {p.name: p.read_text() for p in (results / "runs").glob("*.json")}
+    os.rename(study.OUT, tmp_path / "elsewhere")
+    assert study.main(argv) == 0
+    assert not study.OUT.exists() and {p.name: p.read_text() for p in (results / "runs").glob("*.json")} == before_runs
+    os.rename(tmp_path / "elsewhere", study.OUT)
+
+    # an interrupted run (no completed status, nothing recorded) resumes from its last.ckpt in a new attempt directory
     base = study.OUT / "movielens__ilora_k4__s0"
     (base / "attempt0" / "status.json").unlink()
     (base / "windows" / "status.json").unlink()
+    for path in (results / "runs").glob("movielens__*__ilora_k4__s0.json"):
+        path.unlink()
     assert study.main(argv + ["--only", "movielens/ilora_k4/0"]) == 0
     assert (base / "attempt1" / "status.json").is_file()
     assert "ckpt_path=" in (base / "train.log").read_text() or (base / "attempt1" / "config.yaml").read_text()

@@ -7,7 +7,8 @@
 Every run is `ilora-train experiment=study` (conf/experiment/study.yaml) plus its method's overrides, so the same
 budget of training examples, objective and prompt hold for every method. A run killed half-way resumes from its
 `last.ckpt` (a new attempt directory beside the old one, `ckpt_path=<old>/checkpoints/last.ckpt`); a finished
-run is kept. MovieLens runs are trained once and evaluated on both protocols: LLaRA's (the post-fit test, 95
+run is kept: its per-run JSON under `<results>/runs/` is the record (so a fresh clone, whose `outputs/` is empty,
+runs only what is missing; `--redo` runs recorded ones again). MovieLens runs are trained once and evaluated on both protocols: LLaRA's (the post-fit test, 95
 users) and the extended one (`ilora-eval data=movielens_windows`, 2,069 windows of the same 95 users).
 
 Run directories (checkpoints, logs) live under `outputs/study/` (not committed); what the results need is copied
@@ -387,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=HERE, help="where runs/*.json, results.json, table.md, PNGs go")
     parser.add_argument("--table-only", action="store_true", help="rebuild the results from <results>/runs/*.json")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument("--redo", action="store_true", help="run again the runs already recorded in <results>/runs")
     parser.add_argument("--extra", nargs="*", default=[], help="overrides added to every ilora-train run")
     parser.add_argument("--eval-extra", nargs="*", default=[], help="overrides added to every ilora-eval run")
     args = parser.parse_args(argv)
@@ -394,6 +396,10 @@ def main(argv: list[str] | None = None) -> int:
     (results_dir / "runs").mkdir(parents=True, exist_ok=True)
     if not args.table_only:
         for data, method, seed in planned(args.only, args.datasets, args.methods, args.seeds):
+            recorded = [results_dir / "runs" / f"{data}__{p}__{method}__s{seed}.json" for p in DATASETS[data]]
+            if all(path.is_file() for path in recorded) and not args.redo:  # finished, e.g. in an earlier session
+                print(f"[study] {data}/{method}/seed{seed}: recorded in {recorded[0].parent}, kept", flush=True)
+                continue
             print(f"[study] {data}/{method}/seed{seed}", flush=True)
             attempt = train_run(data, method, seed, args.extra, args.dry_run)
             if attempt is None:
