@@ -54,6 +54,9 @@ def test_study_runs_resumes_and_reports_paired_differences(study, tmp_path, shar
     assert {("llara", "ilora_k4 - lora_k1"), ("windows", "ilora_k4 - lora_k1")} <= set(pairs)
     hr1 = pairs[("windows", "ilora_k4 - lora_k1")]["rank_hr@1"]
     assert hr1["ci95"][0] <= hr1["mean"] <= hr1["ci95"][1]
+    assert hr1["ci95_seeds_users"] == hr1["ci95"]  # one seed each: no training noise to resample
+    assert hr1["per_seed"]["0"] == pytest.approx(runs[("windows", "ilora_k4")]["rank_hr@1"]
+                                                 - runs[("windows", "lora_k1")]["rank_hr@1"])
     methods = {(s["protocol"], s["method"]) for s in out["summary"]}
     assert ("windows", "sasrec") in methods and ("llara", "sasrec") in methods  # the frozen encoder, same examples
     assert {s["n_test"] for s in out["summary"] if s["protocol"] == "windows"} == {60}

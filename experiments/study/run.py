@@ -216,8 +216,16 @@ def _seed_mean(runs: list[dict]) -> tuple[np.ndarray, np.ndarray, dict[str, np.n
     return index, np.asarray(runs[0]["user"]), {k: np.mean([v[k] for v in values], axis=0) for k in values[0]}
 
 
+def _per_seed(runs_a: list[dict], runs_b: list[dict], metric: str, at_a: np.ndarray, at_b: np.ndarray) -> dict:
+    """Mean difference per seed that both methods ran ({seed: a - b}): the spread of training runs, unpooled."""
+    b_of = {r["seed"]: r for r in runs_b}
+    return {str(r["seed"]): float(_metrics_of(np.asarray(r["target_rank"], float))[metric][at_a].mean()
+                                  - _metrics_of(np.asarray(b_of[r["seed"]]["target_rank"], float))[metric][at_b].mean())
+            for r in runs_a if r["seed"] in b_of}
+
+
 def summarise(runs: list[dict], sasrec: dict[str, dict]) -> dict:
-    from ilora.metrics import cluster_bootstrap_ci
+    from ilora.metrics import cluster_bootstrap_ci, seed_user_bootstrap_ci
 
     summary, paired = [], []
     for data, protocols in DATASETS.items():
@@ -250,10 +258,17 @@ def summarise(runs: list[dict], sasrec: dict[str, dict]) -> dict:
                 common, at_a, at_b = np.intersect1d(ia, ib, return_indices=True)
                 entry = {"dataset": data, "protocol": protocol, "difference": f"{a} - {b}",
                          "n_test": int(common.size), "n_users": int(np.unique(ua[at_a]).size)}
+                entry["seeds"] = [[r["seed"] for r in by_method[m]] for m in (a, b)]
                 for metric in ("rank_hr@1", "rank_ndcg@5"):
                     diff = va[metric][at_a] - vb[metric][at_b]
                     low, high = cluster_bootstrap_ci(diff, ua[at_a])
-                    entry[metric] = {"mean": float(diff.mean()), "ci95": [low, high], "half_width": (high - low) / 2}
+                    runs_a, runs_b = (np.stack([_metrics_of(np.asarray(r["target_rank"], float))[metric][at]
+                                                for r in by_method[m]]) for m, at in ((a, at_a), (b, at_b)))
+                    both_low, both_high = seed_user_bootstrap_ci(runs_a, runs_b, ua[at_a])
+                    entry[metric] = {"mean": float(diff.mean()), "ci95": [low, high], "half_width": (high - low) / 2,
+                                     # training noise too: resamples each method's seeds as well as the users
+                                     "ci95_seeds_users": [both_low, both_high],
+                                     "per_seed": _per_seed(by_method[a], by_method[b], metric, at_a, at_b)}
                 paired.append(entry)
     return {"summary": summary, "paired": paired}
 
@@ -300,13 +315,19 @@ def table(results: dict) -> str:
         lines.append(f"| {r['dataset']} | {r['protocol']} | {r['method']} | {len(r['seeds'])} | {r['n_test']} "
                      f"({r['n_users']}) | {r['rank_hr@1']:.3f}{std} [{low:.3f}, {high:.3f}] | {r['rank_hr@5']:.3f} | "
                      f"{r['rank_ndcg@5']:.3f} |")
-    lines += ["", "| dataset | protocol | paired difference | HR@1 [95% CI] | NDCG@5 [95% CI] | n test (users) |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "Paired differences on the same examples. `users`: 95% interval resampling users (training runs "
+              "fixed); `seeds+users`: resampling each method's seeds too (training noise; only as wide as the seeds "
+              "allow: with one seed per method it equals `users`).", "",
+              "| dataset | protocol | paired difference | seeds | HR@1 | [users] | [seeds+users] | NDCG@5 [seeds+users] | "
+              "n test (users) |", "|---|---|---|---|---|---|---|---|---|"]
     for p in results["paired"]:
-        cells = [f"{p[m]['mean']:+.3f} [{p[m]['ci95'][0]:+.3f}, {p[m]['ci95'][1]:+.3f}]"
-                 for m in ("rank_hr@1", "rank_ndcg@5")]
-        lines.append(f"| {p['dataset']} | {p['protocol']} | {p['difference']} | {cells[0]} | {cells[1]} | "
-                     f"{p['n_test']} ({p['n_users']}) |")
+        hr, nd = p["rank_hr@1"], p["rank_ndcg@5"]
+        both = hr.get("ci95_seeds_users", hr["ci95"])
+        nd_both = nd.get("ci95_seeds_users", nd["ci95"])
+        seeds = "/".join(str(len(s)) for s in p.get("seeds", []))
+        lines.append(f"| {p['dataset']} | {p['protocol']} | {p['difference']} | {seeds} | {hr['mean']:+.3f} | "
+                     f"[{hr['ci95'][0]:+.3f}, {hr['ci95'][1]:+.3f}] | [{both[0]:+.3f}, {both[1]:+.3f}] | "
+                     f"{nd['mean']:+.3f} [{nd_both[0]:+.3f}, {nd_both[1]:+.3f}] | {p['n_test']} ({p['n_users']}) |")
     return "\n".join(lines)
 
 
