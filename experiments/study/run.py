@@ -216,12 +216,12 @@ def _seed_mean(runs: list[dict]) -> tuple[np.ndarray, np.ndarray, dict[str, np.n
     return index, np.asarray(runs[0]["user"]), {k: np.mean([v[k] for v in values], axis=0) for k in values[0]}
 
 
-def _per_seed(runs_a: list[dict], runs_b: list[dict], metric: str, at_a: np.ndarray, at_b: np.ndarray) -> dict:
-    """Mean difference per seed that both methods ran ({seed: a - b}): the spread of training runs, unpooled."""
-    b_of = {r["seed"]: r for r in runs_b}
-    return {str(r["seed"]): float(_metrics_of(np.asarray(r["target_rank"], float))[metric][at_a].mean()
-                                  - _metrics_of(np.asarray(b_of[r["seed"]]["target_rank"], float))[metric][at_b].mean())
-            for r in runs_a if r["seed"] in b_of}
+def _per_seed(seeds_a: list[int], values_a: np.ndarray, seeds_b: list[int], values_b: np.ndarray) -> dict:
+    """Mean difference per seed that both methods ran ({seed: a - b}; values [seeds, N]): the spread of training
+    runs, unpooled."""
+    row_b = {seed: i for i, seed in enumerate(seeds_b)}
+    return {str(seed): float(values_a[i].mean() - values_b[row_b[seed]].mean())
+            for i, seed in enumerate(seeds_a) if seed in row_b}
 
 
 def summarise(runs: list[dict], sasrec: dict[str, dict]) -> dict:
@@ -258,7 +258,8 @@ def summarise(runs: list[dict], sasrec: dict[str, dict]) -> dict:
                 common, at_a, at_b = np.intersect1d(ia, ib, return_indices=True)
                 entry = {"dataset": data, "protocol": protocol, "difference": f"{a} - {b}",
                          "n_test": int(common.size), "n_users": int(np.unique(ua[at_a]).size)}
-                entry["seeds"] = [[r["seed"] for r in by_method[m]] for m in (a, b)]
+                seeds_a, seeds_b = ([r["seed"] for r in by_method[m]] for m in (a, b))
+                entry["seeds"] = [seeds_a, seeds_b]
                 for metric in ("rank_hr@1", "rank_ndcg@5"):
                     diff = va[metric][at_a] - vb[metric][at_b]
                     low, high = cluster_bootstrap_ci(diff, ua[at_a])
@@ -268,7 +269,7 @@ def summarise(runs: list[dict], sasrec: dict[str, dict]) -> dict:
                     entry[metric] = {"mean": float(diff.mean()), "ci95": [low, high], "half_width": (high - low) / 2,
                                      # training noise too: resamples each method's seeds as well as the users
                                      "ci95_seeds_users": [both_low, both_high],
-                                     "per_seed": _per_seed(by_method[a], by_method[b], metric, at_a, at_b)}
+                                     "per_seed": _per_seed(seeds_a, runs_a, seeds_b, runs_b)}
                 paired.append(entry)
     return {"summary": summary, "paired": paired}
 
@@ -394,7 +395,6 @@ def rebuild(results_dir: Path) -> dict | None:
             if any((r["dataset"], r["protocol"]) == (data, protocol) for r in runs):
                 sasrec[f"{data}/{protocol}"] = sasrec_ranks(data, protocol)
     return write_results(runs, sasrec, results_dir)
-
 
 
 # ------------------------------------------------------------------------------------------------ main

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -13,9 +14,21 @@ from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
-from ilora.errors import IloraError
+from ilora.errors import ConfigError, IloraError
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def clear_output(path: Path, force: bool, *, name: str, hint: str) -> None:
+    """Refuse a non-empty output `path` (`name` and `hint` make the message) unless forced; when forced, remove it
+    so nothing stale survives beside the new output."""
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        if not force:
+            raise ConfigError(f"{name} exists and is not empty; {hint}")
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def task_wrapper(task: F) -> F:

@@ -8,22 +8,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from pathlib import Path
 
+from ilora.cli.common import clear_output
 from ilora.errors import IloraError
 
 
 def _guard(path: Path, force: bool) -> None:
-    """Refuse a non-empty `path` unless forced; when forced, remove it so no stale split survives."""
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        if not force:
-            raise IloraError(f"{path} exists and is not empty; pass --force to overwrite it")
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+    clear_output(path, force, name=str(path), hint="pass --force to overwrite it")
 
 
 def _import(args: argparse.Namespace) -> None:

@@ -9,7 +9,6 @@ rank-r/K experts is one rank-r LoRA.
 from __future__ import annotations
 
 import contextlib
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,23 +20,15 @@ from safetensors.torch import save_file
 
 from ilora.adapters import gate_context
 from ilora.adapters.export import export_peft, max_logit_difference
-from ilora.checkpoints import read_checkpoint
 from ilora.cli import CONFIG_DIR
-from ilora.cli.common import task_wrapper, write_json
+from ilora.cli.common import clear_output, task_wrapper, write_json
 from ilora.cli.components import build_all, build_backbone
 from ilora.cli.eval import model_config
-from ilora.cli.runs import check_checkpoint_fits, run_or_exit
+from ilora.cli.runs import check_checkpoint_fits, load_trained_weights, run_or_exit
 from ilora.data.datasets import pad_histories
 from ilora.errors import ConfigError, DataError
 
 GATE_MODES = "mean | uniform | user:<id> | row:<n>"
-
-
-def _guard(out: Path, force: bool) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not force:
-            raise ConfigError(f"out={out} exists and is not empty; choose another directory or pass force=true")
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
 
 
 def _check_gate_choice(choice: str) -> None:
@@ -93,13 +84,10 @@ def export(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         raise ConfigError(f"checkpoint {cfg.ckpt_path} was trained with adapter=none: there is no adapter to export")
     _check_gate_choice(cfg.gate_from)
     check_checkpoint_fits(run_cfg, cfg.ckpt_path)
-    _guard(out, bool(cfg.force))
+    clear_output(out, bool(cfg.force), name=f"out={out}", hint="choose another directory or pass force=true")
     parts = build_all(run_cfg)
     model = parts["model"]
-    checkpoint = read_checkpoint(cfg.ckpt_path)
-    model.on_load_checkpoint(checkpoint)
-    model.load_state_dict(checkpoint["state_dict"], strict=False)
-    model.eval()
+    load_trained_weights(model, cfg.ckpt_path)
     gate = fixed_gate(model, parts["datamodule"], str(cfg.gate_from), str(cfg.split)) if model.num_experts > 1 else None
     backbone_path = OmegaConf.select(run_cfg, "backbone.path", default=None)
     peft_config = export_peft(model.backbone, out, gate=gate, base_model_name_or_path=backbone_path)

@@ -11,12 +11,11 @@ import hydra
 import torch
 from omegaconf import DictConfig, ListConfig
 
-from ilora.checkpoints import read_checkpoint
 from ilora.cli import CONFIG_DIR
 from ilora.cli.common import task_wrapper, write_json
 from ilora.cli.components import build_all
 from ilora.cli.eval import model_config
-from ilora.cli.runs import check_checkpoint_fits, claim_run_dir, run_or_exit
+from ilora.cli.runs import check_checkpoint_fits, claim_run_dir, load_trained_weights, run_or_exit
 from ilora.data.datasets import original_item_ids
 from ilora.errors import ConfigError, DataError
 
@@ -80,10 +79,7 @@ def predict(cfg: DictConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     claim_run_dir(cfg.paths.output_dir)
     parts = build_all(run_cfg)
     model, datamodule = parts["model"], parts["datamodule"]
-    checkpoint = read_checkpoint(cfg.ckpt_path)
-    model.on_load_checkpoint(checkpoint)  # validates the fit, one clear error otherwise
-    model.load_state_dict(checkpoint["state_dict"], strict=False)
-    model.eval()
+    load_trained_weights(model, cfg.ckpt_path)
 
     titles = datamodule.titles
     history = resolve_items(cfg.history, titles, "history")

@@ -37,6 +37,15 @@ def claim_run_dir(out_dir: str | Path) -> None:
         )
 
 
+def load_trained_weights(model, ckpt_path: str) -> None:
+    """The checkpoint's trained tensors into a built model, outside any Trainer (predict, export); eval mode.
+    `on_load_checkpoint` validates the fit first, with one clear error otherwise."""
+    checkpoint = read_checkpoint(ckpt_path)
+    model.on_load_checkpoint(checkpoint)
+    model.load_state_dict(checkpoint["state_dict"], strict=False)
+    model.eval()
+
+
 def check_checkpoint_fits(cfg: DictConfig, ckpt_path: str | None, *, resume: bool = False) -> None:
     """Read `ckpt_path` now (missing/truncated: CheckpointError) and compare the model-defining config it was
     trained with (backbone, adapter shape, encoder architecture, gate) to `cfg`, before anything heavy loads.

@@ -128,7 +128,7 @@ def prompt_file(domain: str, source: str | os.PathLike | None = None) -> Path:
     """The YAML file of a domain's templates: `source` (a path, or a name under conf/prompts), else the domain's."""
     if source is not None:
         path = Path(source)
-        if path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
+        if _is_file_path(source):
             if not path.is_file():
                 raise ConfigError(f"data.prompts={str(source)!r}: prompt file not found")
             return path
@@ -146,8 +146,13 @@ def absolute_source(source: str | None) -> str | None:
     """A `data.prompts` file path made absolute (checkpoints then find it from any directory); names unchanged."""
     if source is None:
         return None
+    return str(Path(str(source)).resolve()) if _is_file_path(source) else str(source)
+
+
+def _is_file_path(source: str | os.PathLike) -> bool:
+    """`data.prompts` names a file (a YAML suffix or a folder in it), not a domain under conf/prompts."""
     path = Path(str(source))
-    return str(path.resolve()) if path.suffix in (".yaml", ".yml") or len(path.parts) > 1 else str(source)
+    return path.suffix in (".yaml", ".yml") or len(path.parts) > 1
 
 
 @functools.lru_cache(maxsize=64)
