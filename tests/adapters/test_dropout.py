@@ -75,3 +75,17 @@ def test_project_keeps_no_dropped_copy_of_the_input():
     big = {t.untyped_storage().data_ptr() for t in saved if t.numel() >= x.numel()}
     assert big == {x.untyped_storage().data_ptr()}
 
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_keep_mask_makes_the_same_decisions_as_the_bool_mask(dtype):
+    """The multiplicative 0/1 mask the layer uses keeps exactly the elements the bool reference keeps."""
+    from ilora.adapters.dropout import _keep_mask
+
+    x = torch.randn(3, 37, 50).to(dtype)  # odd element count: the last random word is only partly used
+    for threshold in (1, 3277, 16384, 32767):
+        keep = _keep_mask(x, threshold, torch.Generator().manual_seed(threshold))
+        drop = _drop_mask(x, threshold, torch.Generator().manual_seed(threshold))
+        assert keep.dtype == dtype and keep.shape == x.shape
+        assert set(keep.unique().tolist()) <= {0.0, 1.0}
+        assert torch.equal(keep == 0, drop)

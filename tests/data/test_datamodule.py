@@ -75,12 +75,48 @@ def test_eval_candidates_fixed_and_equal_to_the_seeded_draw(dm):
     module = dm(min_history=0)
     data = load_dataset(module.hparams.dir)
     expected = eval_candidates(data.splits["val"], data.num_items, 5, 0)
-    first = torch.cat([b["candidates"] for b in module.val_dataloader()])
+
+    def by_index():
+        batches = list(module.val_dataloader())
+        index = torch.cat([b["index"] for b in batches])
+        return torch.cat([b["candidates"] for b in batches])[index.argsort()]
+
+    first = by_index()
     module.set_epoch(3)
-    again = torch.cat([b["candidates"] for b in module.val_dataloader()])
+    again = by_index()
     assert torch.equal(first, again) and first.tolist() == expected.tolist()
     batch = next(iter(module.val_dataloader()))
     assert "labels" not in batch and batch["attention_mask"][:, -1].all()  # left-padded prompts
+
+
+def test_eval_batches_grouped_by_prompt_length_hold_every_example_once_with_less_padding(dm):
+    """eval_order=length: the same examples and tensors per example as index order, in fewer padded tokens."""
+    by_length, by_index = dm(min_history=0, eval_order="length"), dm(min_history=0, eval_order="index")
+
+    def examples(module):
+        out = {}
+        for b in module.val_dataloader():
+            for row, i in enumerate(b["index"].tolist()):
+                out[i] = b["input_ids"][row][b["attention_mask"][row].bool()].tolist()
+        return out
+
+    assert examples(by_length) == examples(by_index)  # same prompts, token for token
+    with pytest.raises(ConfigError, match="data.eval_order='random'"):
+        dm(eval_order="random")
+
+
+def test_length_order_cuts_the_padding_of_real_test_batches(tok):
+    """MovieLens test (95 users, batches of 8): fewer padded prompt tokens, the longest batch first."""
+    padded, widths = {}, {}
+    for order in ("length", "index"):
+        module = RecDataModule(str(REPO_DATA / "movielens"), name="movielens", eval_order=order, eval_batch_size=8)
+        module.set_tokenizer(tok)
+        module.setup("test")
+        batches = list(module.test_dataloader())
+        padded[order] = sum(b["attention_mask"].numel() - int(b["attention_mask"].sum()) for b in batches)
+        widths[order] = [b["attention_mask"].shape[1] for b in batches]
+    assert padded["length"] < 0.5 * padded["index"], padded
+    assert widths["length"][0] == max(widths["length"])  # the longest batch first: a too-large batch fails at once
 
 
 def test_lightning_drives_the_epoch(dm):

@@ -19,13 +19,15 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from ilora.data.candidates import eval_candidates, train_candidates
 from ilora.data.collate import PromptCollator
 from ilora.data.datasets import RecData, Split, load_dataset
 from ilora.data.prompts import PromptSet, get_prompts
 from ilora.errors import ConfigError, DataError
+
+EVAL_ORDERS = ("length", "index")
 
 
 class PromptExamples(Dataset):
@@ -73,6 +75,22 @@ class EpochSampler(DistributedSampler):
         return ((epoch, i) for i in list(super().__iter__())[start:])
 
 
+class LengthOrder(Sampler[int]):
+    """Evaluation order by decreasing prompt size, so a batch holds prompts of similar length (less left padding
+    in the prefill, narrower packed candidate rows). Results are unaffected: records are put back in index
+    order before metrics and predictions are written. The longest batch comes first, so a too-large
+    `eval_batch_size` fails at once rather than at the end."""
+
+    def __init__(self, sizes: Sequence[int]) -> None:
+        self.order = [int(i) for i in np.argsort(-np.asarray(sizes, dtype=np.int64), kind="stable")]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
 class RecDataModule(L.LightningDataModule):
     """Interaction histories -> instruction prompts; see the module docstring for the hand-over protocol.
 
@@ -82,6 +100,7 @@ class RecDataModule(L.LightningDataModule):
     under conf/prompts; default conf/prompts/<domain>.yaml); `prompt`: `llara` (candidates listed, as the papers) or
     `history` (history only; candidates are scored, never listed); `train_layout`: `answer` (prompt + answer,
     right-padded, for the answer loss) or `prompt` (left-padded prompts, for losses over the candidate pass);
+    `eval_order`: `length` (evaluation batches group prompts of similar size, see `LengthOrder`) or `index`;
     `limit_*` keep the first rows for smoke runs; `encoder_data` (read by the entry points, not here) names the
     dataset whose trained encoder steers this one when they share a train split.
     """
@@ -104,6 +123,7 @@ class RecDataModule(L.LightningDataModule):
         prompt: str = "llara",
         prompts: str | None = None,
         train_layout: str = "answer",
+        eval_order: str = "length",
         encoder_data: str | None = None,
         limit_train_examples: int | None = None,
         limit_val_examples: int | None = None,
@@ -117,7 +137,10 @@ class RecDataModule(L.LightningDataModule):
                                 ("limit_val_examples", limit_val_examples, 1), ("limit_test_examples", limit_test_examples, 1)):
             if value is not None and (not isinstance(value, int) or value < low):
                 raise ConfigError(f"data.{key}={value!r} must be an integer >= {low}")
+        if eval_order not in EVAL_ORDERS:
+            raise ConfigError(f"data.eval_order={eval_order!r} is not one of {', '.join(EVAL_ORDERS)}")
         self.tokenizer: Any = None
+        self._title_tokens: np.ndarray | None = None  # tokens per title, for LengthOrder
         self._context: tuple[int | None, int] = (None, 0)
         self._data: RecData | None = None
         self._hybrid_probability = 1.0
@@ -134,6 +157,7 @@ class RecDataModule(L.LightningDataModule):
         the oldest history items are dropped whole so prompt + answer (or `reserve_tokens` generated) fit.
         """
         self.tokenizer = tokenizer
+        self._title_tokens = None
         self._context = (context_tokens, reserve_tokens)
         self.collators = {}
 
@@ -262,10 +286,24 @@ class RecDataModule(L.LightningDataModule):
                                    seed=self.hparams.seed, skip=self._resume_offset)
             sampler.set_epoch(self._epoch)
             self._sampler = sampler
+        elif self.hparams.eval_order == "length":
+            sampler = LengthOrder(self.prompt_sizes(split))
         return DataLoader(
             self.datasets[split], batch_size=self.per_device("batch_size" if train else "eval_batch_size"),
             sampler=sampler, shuffle=False, collate_fn=self.collators[split], num_workers=self.hparams.num_workers,
         )
+
+    def prompt_sizes(self, split: str) -> list[int]:
+        """Each example's size for `LengthOrder`: the tokens of its history and candidate titles (what varies
+        between prompts; the template and item slots are about the same for all)."""
+        titles = self.load().titles
+        if self._title_tokens is None:
+            ids = self.tokenizer([" " + t for t in titles], add_special_tokens=False)["input_ids"]
+            self._title_tokens = np.fromiter(map(len, ids), dtype=np.int64, count=len(titles))
+        dataset = self.datasets[split]
+        return [int(self._title_tokens[np.asarray(dataset.split.history[int(r)], dtype=np.int64)].sum()
+                    + self._title_tokens[np.asarray(dataset.candidates[i], dtype=np.int64)].sum())
+                for i, r in enumerate(dataset.rows)]
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")
