@@ -12,7 +12,7 @@ def _next_mask(x, threshold, seed):
     """The mask `FastDropout.project` draws right after `torch.manual_seed(seed)`."""
     torch.manual_seed(seed)
     private = int(torch.empty((), dtype=torch.int64).random_().item())
-    return _drop_mask(x, threshold, torch.Generator().manual_seed(private))
+    return _drop_mask(x, threshold, torch.Generator(x.device).manual_seed(private))
 
 
 def test_identity_in_eval_and_for_zero():
@@ -43,12 +43,14 @@ def test_layer_folds_the_rescale_exactly():
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
-def test_project_recomputes_the_same_mask_for_gradients():
-    """Backward redraws the mask from the saved seed: values and both gradients equal autograd's on a stored mask."""
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_project_recomputes_the_same_mask_for_gradients(device):
+    """Backward redraws the mask from the saved seed: values and both gradients equal autograd's on a stored mask
+    (the same code on CUDA, with a CUDA generator)."""
     drop = FastDropout(0.3).train()
-    x = torch.randn(4, 7, 24, requires_grad=True)
-    w = torch.randn(8, 24, requires_grad=True)
-    g = torch.randn(4, 7, 8)
+    x = torch.randn(4, 7, 24, device=device, requires_grad=True)
+    w = torch.randn(8, 24, device=device, requires_grad=True)
+    g = torch.randn(4, 7, 8, device=device)
     mask = _next_mask(x, drop.threshold, 5)
     assert 0.2 < mask.float().mean().item() < 0.4
     torch.manual_seed(5)
@@ -89,3 +91,25 @@ def test_keep_mask_makes_the_same_decisions_as_the_bool_mask(dtype):
         assert keep.dtype == dtype and keep.shape == x.shape
         assert set(keep.unique().tolist()) <= {0.0, 1.0}
         assert torch.equal(keep == 0, drop)
+
+
+def test_project_under_bf16_autocast_matches_autograd_on_the_same_mask():
+    """Mixed precision: bf16 forward, fp32 weight gradient, as autograd gives for F.linear on the dropped input."""
+    drop = FastDropout(0.2).train()
+    x = torch.randn(3, 9, 32, dtype=torch.bfloat16, requires_grad=True)
+    w = torch.randn(8, 32, requires_grad=True)  # fp32 adapter weight
+    g = torch.randn(3, 9, 8, dtype=torch.bfloat16)
+    mask = _next_mask(x, drop.threshold, 7)
+    torch.manual_seed(7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = drop.project(x, w)
+    got.backward(g)
+    got_grads = x.grad.clone(), w.grad.clone()
+    x.grad = w.grad = None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = torch.nn.functional.linear(x.masked_fill(mask, 0.0), w)
+    want.backward(g)
+    assert got.dtype == want.dtype == torch.bfloat16 and got_grads[1].dtype == torch.float32
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got_grads[0], x.grad)
+    torch.testing.assert_close(got_grads[1], w.grad, atol=2e-2, rtol=2e-2)

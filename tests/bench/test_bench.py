@@ -34,7 +34,7 @@ def test_ilora_bench_dry_run(tmp_path, monkeypatch):
     from ilora.cli.bench import bench
 
     monkeypatch.setenv("ILORA_CACHE", str(ROOT / ".cache"))  # the shared SmolLM2 tokenizer copy
-    results = bench(["--dry-run", "--out", str(tmp_path), "--users", "4"])
+    results = bench(["--dry-run", "--out", str(tmp_path), "--users", "4", "--profile"])
     stored = json.loads((tmp_path / "bench.json").read_text())
     for key in KEYS:
         assert key in stored, key
@@ -48,6 +48,16 @@ def test_ilora_bench_dry_run(tmp_path, monkeypatch):
     assert 2 < stored["resume_ckpt_bytes"] / stored["ckpt_bytes"] < 3.5
     assert stored["eval_users"] >= 4 and 0 <= stored["rank_hr@1"] <= 1
     assert set(stored["targets_met"]) == set(report.TARGETS)
+    for suffix in ("", "_study"):  # the default config (answer loss) and the study's recipe (rank loss)
+        assert stored[f"train_examples_per_s{suffix}"] > 0
+        assert 0 <= stored[f"train_padding_share{suffix}"] < 1
+        top = stored[f"profile{suffix or '_default'}_top"]
+        assert top and sum(row["self_cpu_share"] for row in top) <= 1 + 1e-9
+        assert (tmp_path / f"profile_train_step{suffix or '_default'}.txt").read_text().count("aten::") > 3
+    # the rank loss also runs the packed candidates: more tokens per example than prompt + answer
+    assert stored["train_tokens_per_example_study"] > stored["train_tokens_per_example"]
+    assert stored["eval_users_per_s"] > 0 and 0 <= stored["eval_padding_share"] < 1
+    assert isinstance(results["machine"]["avx512_bf16"], bool)
     assert "| `layer_ratio` |" in (tmp_path / "bench.md").read_text()
     assert results["machine"]["loadavg"]
 
@@ -65,6 +75,19 @@ def test_bench_gpu_dry_run(tmp_path):
     assert {(r["micro_batch"], r["checkpointing"]) for r in rows} == {(1, False), (2, False), (1, True), (2, True)}
     assert all(r["step_s"] > 0 for r in rows)
     assert (tmp_path / "bench_gpu.md").is_file()
+
+
+def test_padding_counts_cover_the_packed_candidate_rows():
+    """Answer layout: the [B, T] grid. Prompt layout: + each row's packed candidate tokens, padded to the longest."""
+    import torch
+
+    from ilora.bench.throughput import padding_counts
+
+    answer = {"attention_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]]), "labels": torch.zeros(2, 4)}
+    assert padding_counts(answer) == (7, 8)
+    cand = torch.tensor([[[1, 1, 1], [1, 1, 0]], [[1, 0, 0], [1, 0, 0]]])  # fed: the first L-1 slots (4 and 2)
+    prompt = {"attention_mask": torch.tensor([[0, 1, 1], [1, 1, 1]]), "cand_attention_mask": cand}
+    assert padding_counts(prompt) == (5 + 4 + 2, 6 + 2 * 4)
 
 
 @pytest.mark.parametrize("key", list(report.TARGETS))

@@ -6,7 +6,9 @@ gives four 15-bit uniforms (the generator's int64 draws carry 63 random bits), a
 its uniform is >= round(p * 2^15); kept elements are scaled by 1 / (1 - p'), p' = round(p * 2^15) / 2^15,
 so the output is unbiased. p is thus quantised to 1/32768 (0.1 -> 0.100006). A LoRA layer can take the
 unscaled `mask(x)` and fold `scale` into its rank-r activations (r elements per token instead of `in`).
-Off the CPU it is `nn.functional.dropout`; for p = 0 or in eval mode, the identity.
+For p = 0 or in eval mode, the identity. On CUDA the same code runs with a CUDA generator (the recomputed
+mask saves the same activation memory there); backward casts explicitly, so no autocast decorator (which is
+tied to one device type) is needed.
 
 `project(x, A)` = `mask(x) @ A.T` for a LoRA's rank-r down-projection without storing the dropped copy of
 x for backward: the mask comes from a private generator seeded from the global stream, and backward
@@ -41,8 +43,8 @@ class FastDropout(nn.Module):
         return f"p={self.p}"
 
     def active(self, x: Tensor) -> bool:
-        """Whether `mask` applies: training, p > 0, on the CPU (elsewhere forward is F.dropout)."""
-        return self.training and self.threshold > 0 and x.device.type == "cpu"
+        """Whether `mask` applies: training and p > 0 (on any device: the generator is x's device's)."""
+        return self.training and self.threshold > 0
 
     @property
     def scale(self) -> float:
@@ -59,10 +61,8 @@ class FastDropout(nn.Module):
         return _DroppedLinear.apply(x, weight, seed, self.threshold)
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.threshold == 0:
-            return x
         if not self.active(x):
-            return F.dropout(x, self.p, True)
+            return x
         return self.mask(x) * self.scale
 
 
@@ -88,7 +88,6 @@ class _DroppedLinear(torch.autograd.Function):
     """h = mask(x) @ W.T, saving x (not the dropped copy) and the seed that regenerates the mask."""
 
     @staticmethod
-    @torch.amp.custom_fwd(device_type="cpu")
     def forward(ctx, x: Tensor, weight: Tensor, seed: int, threshold: int) -> Tensor:
         keep = _keep_mask(x, threshold, torch.Generator(x.device).manual_seed(seed))
         ctx.save_for_backward(x, weight)
@@ -96,7 +95,6 @@ class _DroppedLinear(torch.autograd.Function):
         return F.linear(x * keep, weight)
 
     @staticmethod
-    @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, grad_h: Tensor):
         x, weight = ctx.saved_tensors
         keep = _keep_mask(x, ctx.threshold, torch.Generator(x.device).manual_seed(ctx.seed))

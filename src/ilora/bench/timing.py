@@ -55,6 +55,9 @@ def machine() -> dict[str, object]:
                     break
     except OSError:
         pass
+    from ilora.backbones import cpu_has_avx512_bf16
+
+    info["avx512_bf16"] = cpu_has_avx512_bf16()
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info

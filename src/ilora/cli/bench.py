@@ -50,6 +50,26 @@ def _eval_batches(datamodule, users: int) -> list[dict[str, Any]]:
     return batches
 
 
+def _training_setup(overrides: list[str], run_dir: Path) -> dict[str, Any]:
+    """A config's model and an endless stream of its training micro-batches, plus its precision and accumulation."""
+    from ilora.cli.components import build_all
+
+    cfg = compose(overrides, run_dir)
+    parts = build_all(cfg)
+    datamodule = parts["datamodule"]
+    datamodule.setup("fit")
+
+    def batches():
+        epoch = 0
+        while True:
+            datamodule.set_epoch(epoch)
+            yield from datamodule.train_dataloader()
+            epoch += 1
+
+    return {"model": parts["model"], "batches": batches(), "precision": str(cfg.trainer.precision),
+            "accumulate": int(cfg.trainer.accumulate_grad_batches)}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
@@ -58,6 +78,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from ilora.bench import footprint, report
     from ilora.bench.evaluation import evaluation_costs
     from ilora.bench.step import rank_vs_answer_step, step_ratio
+    from ilora.bench.throughput import profile_step, train_throughput
     from ilora.bench.timing import machine
     from ilora.checkpoints import read_checkpoint
     from ilora.cli.components import build_all, build_backbone
@@ -120,6 +141,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         model, batches, warmup_batch=batches[0] if args.dry_run else None,  # the model has just run the step
         generate_batches=-(-args.gen_users // per_batch),
         max_new_tokens=int(cfg.model.evaluation.max_new_tokens) if args.dry_run else 64))
+    results["eval_users_per_s"] = results["eval_users"] / results["rank_s"]
+    results["eval_padding_share"] = 1.0 - (sum(int(b["attention_mask"].sum()) for b in batches)
+                                           / sum(b["attention_mask"].numel() for b in batches))
+    del parts, model
+
+    print("[bench] training throughput: the default config and the study's recipe", flush=True)
+    examples = 4 if args.dry_run else args.train_examples
+    for suffix, extra in (("", []), ("_study", ["experiment=study"])):
+        train = _training_setup([*extra, *overrides], run_dir)
+        measured = train_throughput(train["model"], train["batches"], precision=train["precision"],
+                                    accumulate=train["accumulate"], examples=examples)
+        results[f"train_examples_per_s{suffix}"] = measured["examples_per_s"]
+        results[f"train_padding_share{suffix}"] = measured["padding_share"]
+        results[f"train_tokens_per_example{suffix}"] = measured["tokens_per_example"]
+        if args.profile:
+            text, top = profile_step(train["model"], train["batches"],
+                                     precision=train["precision"], accumulate=train["accumulate"],
+                                     micro_batches=2 if args.dry_run else args.profile_micro_batches)
+            name = f"profile_train_step{suffix or '_default'}.txt"
+            (out_dir / name).write_text(f"{results['machine'].get('cpu')}, precision {train['precision']}, "
+                                        f"{torch.get_num_threads()} threads\n{text}\n")
+            results[f"profile{suffix or '_default'}_top"] = top[:12]
+            print(text, flush=True)
+        del train
     results["bench_s"] = time.perf_counter() - started
     results["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     results["targets_met"] = {k: report.holds(k, results[k]) for k in report.TARGETS if k in results}
@@ -138,6 +183,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads here and OMP_NUM_THREADS in the training child (default: torch's, "
                         "or 1 for --dry-run or when the 1-min load average >= the core count)")
+    p.add_argument("--train-examples", type=int, default=16,
+                   help="training examples timed per config (default config, study recipe) after a warm-up step")
+    p.add_argument("--profile", action="store_true",
+                   help="also write torch.profiler's top operators of both configs' training steps")
+    p.add_argument("--profile-micro-batches", type=int, default=4)
     p.add_argument("--step-repeats", type=int, default=2)
     p.add_argument("--layer-repeats", type=int, default=20)
     p.add_argument("overrides", nargs="*", help="Hydra overrides of the train config (e.g. data=lastfm)")
