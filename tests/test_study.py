@@ -96,7 +96,20 @@ def test_dry_run_lists_every_planned_run_and_starts_nothing(study, capsys):
     printed = capsys.readouterr().out
     assert printed.count("ilora-train experiment=study") == 2 * (1 + 3 + 3 + 1) + 1  # + frozen LLM on windows
     assert printed.count("ilora-eval") == 3 + 3 + 1  # the MovieLens trained runs, on the extended protocol
+    # evaluated in index order, as every recorded run was (bf16 scores move with the batch composition)
+    assert printed.count("data.eval_order=index") == printed.count("ilora-eval")
     assert not (study.OUT / "movielens__ilora_k4__s0").exists()
+
+
+def test_the_study_config_evaluates_in_index_order():
+    from hydra import compose, initialize_config_dir
+
+    from ilora.cli import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        for data in ("movielens", "movielens_windows", "lastfm"):
+            cfg = compose(config_name="train", overrides=["experiment=study", f"data={data}"])
+            assert cfg.data.eval_order == "index", data
 
 
 def test_gpu_study_script_dry_run_plans_one_epoch_of_k1_and_k4_on_cuda(tmp_path):

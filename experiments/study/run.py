@@ -118,8 +118,10 @@ def windows_eval(data: str, method: str, seed: int, attempt: Path, extra: list[s
         args = [str(BIN / "ilora-train"), "experiment=study", f"data={WINDOWS_DATA[data]}", *METHODS[method][0],
                 f"seed={seed}", *extra, *eval_extra, f"hydra.run.dir={target}"]
     else:
+        # index order, as every recorded run was evaluated (bf16 scores move with the batch composition)
         args = [str(BIN / "ilora-eval"), f"ckpt_path={attempt / 'checkpoints' / 'last.ckpt'}",
-                f"data={WINDOWS_DATA[data]}", "logger=none", *eval_extra, f"hydra.run.dir={target}"]
+                f"data={WINDOWS_DATA[data]}", "data.eval_order=index", "logger=none", *eval_extra,
+                f"hydra.run.dir={target}"]
     code = _call(args, target.parent / "windows.log", dry_run)
     return target if (dry_run or (code == 0 and _completed(target))) else None
 
