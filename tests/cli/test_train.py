@@ -120,10 +120,14 @@ def test_random_gate_trains_end_to_end_and_routes_by_example_row(train_cfg):
     torch.testing.assert_close(gates, expected.detach(), atol=1e-6, rtol=0)  # the row's embedding, not the state
 
 
-def test_gradient_checkpointing_trains_to_the_same_weights(train_cfg):
-    """Recomputing activations in backward changes memory, not the result (dropout off: same random stream)."""
-    plain = train(train_cfg("adapter.dropout=0", run="plain"))[1]["model"]
-    checkpointed = train(train_cfg("adapter.dropout=0", "+backbone.gradient_checkpointing=true", run="ckpt"))[1]["model"]
+@pytest.mark.parametrize("loss", ["answer", "rank"])
+def test_gradient_checkpointing_trains_to_the_same_weights(train_cfg, loss):
+    """Recomputing activations in backward changes memory, not the result (dropout off: same random stream).
+    With the rank loss this also compares its two candidate passes: "split" (prompt, then the candidates on its
+    differentiable KV cache) without checkpointing, "joint" (one masked pass) with it."""
+    plain = train(train_cfg("adapter.dropout=0", f"model.loss={loss}", run="plain"))[1]["model"]
+    checkpointed = train(train_cfg("adapter.dropout=0", f"model.loss={loss}", "+backbone.gradient_checkpointing=true",
+                                   run="ckpt"))[1]["model"]
     assert checkpointed.backbone.is_gradient_checkpointing and not plain.backbone.is_gradient_checkpointing
     a = {k: v for k, v in plain.state_dict().items() if k in plain.trainable_state_keys()}
     b = {k: v for k, v in checkpointed.state_dict().items() if k in a}

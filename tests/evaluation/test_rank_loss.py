@@ -51,8 +51,9 @@ def reference_scores(model, prompts, cands, gate):
     return torch.stack(rows)
 
 
+@pytest.mark.parametrize("method", ["split", "joint"])
 @pytest.mark.parametrize("normalize", [False, True])
-def test_rank_loss_and_its_gradients_equal_separate_full_forwards(gated, pad, normalize):
+def test_rank_loss_and_its_gradients_equal_separate_full_forwards(gated, pad, normalize, method):
     model, tok = gated
     ids, mask, cand_ids, cand_mask, prompts, cands = _case(model, tok, pad)
     gate = torch.softmax(torch.randn(3, 2, generator=torch.Generator().manual_seed(0)), -1)
@@ -66,7 +67,7 @@ def test_rank_loss_and_its_gradients_equal_separate_full_forwards(gated, pad, no
     with gate_context(model, gate):
         token_lp = candidate_token_logprobs(model, inputs_embeds=model.get_input_embeddings()(ids),
                                             attention_mask=mask, cand_input_ids=cand_ids,
-                                            cand_attention_mask=cand_mask)
+                                            cand_attention_mask=cand_mask, method=method)
     packed = loss_of(token_lp.sum(-1))
     grads = torch.autograd.grad(packed, params)
     reference = reference_scores(model, prompts, cands, gate)
@@ -83,10 +84,26 @@ def test_rank_loss_and_its_gradients_equal_separate_full_forwards(gated, pad, no
     torch.testing.assert_close(evaluated, token_lp.sum(-1).detach(), atol=1e-4, rtol=1e-4)
 
 
-def test_padding_tokens_carry_no_log_probability(gated, pad):
+@pytest.mark.parametrize("method", ["split", "joint"])
+def test_padding_tokens_carry_no_log_probability(gated, pad, method):
     model, tok = gated
     ids, mask, cand_ids, cand_mask, _, _ = _case(model, tok, pad)
     with gate_context(model, torch.full((3, 2), 0.5)):
-        token_lp = candidate_token_logprobs(model, inputs_embeds=model.get_input_embeddings()(ids),
+        token_lp = candidate_token_logprobs(model, inputs_embeds=model.get_input_embeddings()(ids), method=method,
                                             attention_mask=mask, cand_input_ids=cand_ids, cand_attention_mask=cand_mask)
     assert (token_lp[cand_mask == 0] == 0).all() and (token_lp[cand_mask == 1] < 0).all()
+
+
+def test_single_token_candidates_and_unknown_method(gated, pad):
+    """L = 1: only the first-token scores (no packed pass); a method name that does not exist is refused."""
+    model, tok = gated
+    ids, mask, cand_ids, cand_mask, _, _ = _case(model, tok, pad)
+    one_ids, one_mask = cand_ids[:, :, :1], cand_mask[:, :, :1]
+    with gate_context(model, torch.full((3, 2), 0.5)):
+        split, joint = (candidate_token_logprobs(model, inputs_embeds=model.get_input_embeddings()(ids), method=m,
+                                                 attention_mask=mask, cand_input_ids=one_ids,
+                                                 cand_attention_mask=one_mask) for m in ("split", "joint"))
+        with pytest.raises(ValueError, match="method='trie'"):
+            candidate_token_logprobs(model, inputs_embeds=model.get_input_embeddings()(ids), method="trie",
+                                     attention_mask=mask, cand_input_ids=one_ids, cand_attention_mask=one_mask)
+    torch.testing.assert_close(split, joint, atol=1e-5, rtol=1e-5)

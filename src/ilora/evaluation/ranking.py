@@ -163,16 +163,25 @@ def score_candidates(model: nn.Module, *, inputs_embeds: Tensor, attention_mask:
     return scores, cache
 
 
+TRAIN_METHODS = ("split", "joint")
+
+
 def candidate_token_logprobs(model: nn.Module, *, inputs_embeds: Tensor, attention_mask: Tensor,
-                             cand_input_ids: Tensor, cand_attention_mask: Tensor) -> Tensor:
+                             cand_input_ids: Tensor, cand_attention_mask: Tensor, method: str = "split") -> Tensor:
     """Per-token log-likelihoods `[B, C, L]` of every candidate segment after its prompt, with gradients.
 
-    The training side of `score_candidates`, in the same packed layout (one row per user: the left-padded prompt,
-    then the real tokens of the C segments behind a block mask, positions restarting after the prompt), run
-    as ONE decoder call with a 4D mask [B, 1, T + M, T + M] instead of prompt cache + packed pass, so autograd
-    and activation checkpointing see an ordinary forward. Padding tokens of a segment get log-probability 0.
-    Summing over L gives `score_candidates`' scores (tested).
+    The training side of `score_candidates`, in the same packed layout (the real tokens of the C segments packed
+    into one row per user behind a block mask, positions restarting after the prompt). Padding tokens of a
+    segment get log-probability 0. Summing over L gives `score_candidates`' scores (tested).
+    - "split" (default): the prompt runs first, moved to the left edge of its row so that plain causal attention
+      is exact for it (no mask: the fast causal kernel, which skips the blocks above the diagonal); the packed
+      segments then run against its KV cache, which autograd differentiates through. Attention costs about
+      T^2/2 + M(T + M) query-key pairs instead of (T + M)^2.
+    - "joint": ONE decoder call over [prompt, packed segments] with a dense 4D mask [B, 1, T + M, T + M]: what
+      "split" must equal (tested), and the path under activation checkpointing (which turns the cache off).
     """
+    if method not in TRAIN_METHODS:
+        raise ValueError(f"method={method!r} is not one of {TRAIN_METHODS}")
     _check_shapes(inputs_embeds, attention_mask, cand_input_ids, cand_attention_mask)
     decoder, head = _decoder_and_head(model)
     device, dtype = inputs_embeds.device, inputs_embeds.dtype
@@ -192,20 +201,41 @@ def candidate_token_logprobs(model: nn.Module, *, inputs_embeds: Tensor, attenti
         valid = torch.zeros(B, 0, dtype=torch.bool, device=device)
         packed_ids = order
     M = order.shape[1]
-    prompt_keys = attention_mask.bool()
-    causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
-    top = torch.cat([causal[None] & prompt_keys[:, None, :] | torch.eye(T, dtype=torch.bool, device=device)[None],
-                     torch.zeros(B, T, M, dtype=torch.bool, device=device)], dim=-1)  # prompt rows [B, T, T + M]
     block = (seg[:, :, None] == seg[:, None, :]) & (off[:, None, :] <= off[:, :, None]) & valid[:, None, :]
-    bottom = torch.cat([prompt_keys[:, None, :].expand(B, M, T), block | torch.eye(M, dtype=torch.bool,
-                                                                                     device=device)[None]], dim=-1)
-    allowed = torch.cat([top, bottom], dim=1)[:, None]  # [B, 1, T + M, T + M]
-    mask = torch.where(allowed, torch.zeros((), dtype=dtype, device=device), torch.finfo(dtype).min)
-    embeds = torch.cat([inputs_embeds, model.get_input_embeddings()(packed_ids).to(dtype)], dim=1)
-    positions = torch.cat([prompt_position_ids(attention_mask), start[:, None] + off], dim=1)
-    hidden = decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
+    block = block | torch.eye(M, dtype=torch.bool, device=device)[None]  # padding queries see themselves only
+    packed_embeds = model.get_input_embeddings()(packed_ids).to(dtype)
+    zero, hidden_min = torch.zeros((), dtype=dtype, device=device), torch.finfo(dtype).min
+    if method == "split" and getattr(decoder, "gradient_checkpointing", False) and decoder.training:
+        method = "joint"  # checkpointed layers run without a KV cache
 
-    first = F.log_softmax(head(hidden[:, T - 1]).float(), dim=-1)  # [B, V]: every segment's first token
+    if method == "split":
+        # left-padded -> left-aligned: real token j of row b sits at j (+ the padding after it, never attended)
+        source = (torch.arange(T, device=device)[None] + (T - start)[:, None]).clamp(max=T - 1)  # [B, T]
+        aligned = inputs_embeds.gather(1, source[..., None].expand(-1, -1, inputs_embeds.shape[-1]))
+        positions = torch.arange(T, device=device)[None].expand(B, T)
+        out = decoder(inputs_embeds=aligned, position_ids=positions, use_cache=True)
+        cache_arg = cache_kwarg(decoder)
+        last = out.last_hidden_state[rows, start - 1]  # [B, D]: the prompt's last real token
+        prompt_keys = torch.arange(T, device=device)[None].expand(B, T) < start[:, None]  # [B, T]
+        allowed = torch.cat([prompt_keys[:, None, :].expand(B, M, T), block], dim=-1)[:, None]  # [B, 1, M, T + M]
+        cand_hidden = decoder(
+            inputs_embeds=packed_embeds, attention_mask=torch.where(allowed, zero, hidden_min),
+            position_ids=start[:, None] + off, use_cache=True, **{cache_arg: getattr(out, cache_arg)},
+        ).last_hidden_state if M else last[:, None, :0]  # [B, M, D]
+    else:
+        prompt_keys = attention_mask.bool()
+        causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+        top = torch.cat([causal[None] & prompt_keys[:, None, :] | torch.eye(T, dtype=torch.bool, device=device)[None],
+                         torch.zeros(B, T, M, dtype=torch.bool, device=device)], dim=-1)  # prompt rows [B, T, T + M]
+        bottom = torch.cat([prompt_keys[:, None, :].expand(B, M, T), block], dim=-1)
+        allowed = torch.cat([top, bottom], dim=1)[:, None]  # [B, 1, T + M, T + M]
+        embeds = torch.cat([inputs_embeds, packed_embeds], dim=1)
+        positions = torch.cat([prompt_position_ids(attention_mask), start[:, None] + off], dim=1)
+        hidden = decoder(inputs_embeds=embeds, attention_mask=torch.where(allowed, zero, hidden_min),
+                         position_ids=positions).last_hidden_state
+        last, cand_hidden = hidden[:, T - 1], hidden[:, T:]
+
+    first = F.log_softmax(head(last).float(), dim=-1)  # [B, V]: every segment's first token
     token_lp = torch.zeros(B, C, L, dtype=torch.float32, device=device)
     token_lp = token_lp.index_put((rows[:, None].expand(B, C), torch.arange(C, device=device)[None].expand(B, C),
                                    torch.zeros(B, C, dtype=torch.long, device=device)),
@@ -213,7 +243,7 @@ def candidate_token_logprobs(model: nn.Module, *, inputs_embeds: Tensor, attenti
     if M:
         next_ids = cand_ids[:, :, 1:].reshape(B, -1).gather(1, order)
         take = cand_mask[:, :, 1:].bool().reshape(B, -1).gather(1, order) & valid  # next token is real
-        logits = head(hidden[:, T:][take]).float()  # [N, V]
+        logits = head(cand_hidden[take]).float()  # [N, V]
         lp = logits.gather(-1, next_ids[take][:, None]).squeeze(-1) - logits.logsumexp(-1)
         flat_rows = rows[:, None].expand(B, M)[take]
         flat_pos = order[take]
