@@ -80,8 +80,7 @@ def _drop_mask(x: Tensor, threshold: int, generator: torch.Generator | None = No
 
 def _keep_mask(x: Tensor, threshold: int, generator: torch.Generator | None = None) -> Tensor:
     """1 where `_drop_mask` (same generator state) keeps, else 0, in x's dtype: multiply, never index, with it."""
-    dtype = x.dtype if x.is_floating_point() else torch.float32
-    return torch.ge(_uniforms(x, generator), threshold, out=torch.empty(x.shape, dtype=dtype, device=x.device))
+    return torch.ge(_uniforms(x, generator), threshold, out=torch.empty_like(x))
 
 
 class _DroppedLinear(torch.autograd.Function):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import nullcontext
 from typing import Any
 
@@ -56,13 +56,19 @@ class _Loop:
         return float(loss.detach())
 
 
+def _warmed_loop(model: Any, batches: Iterable[Mapping[str, Any]], precision: str,
+                 accumulate: int) -> tuple[_Loop, Iterator[Mapping[str, Any]]]:
+    """The loop after one warm-up optimiser step (allocator, autocast caches, AdamW state), and the batches left."""
+    loop, it = _Loop(model, precision, accumulate), iter(batches)
+    for _ in range(accumulate):
+        loop(next(it))
+    return loop, it
+
+
 def train_throughput(model: Any, batches: Iterable[Mapping[str, Any]], *, precision: str, accumulate: int,
                      examples: int) -> dict[str, float]:
     """Examples/s over `examples` training examples after one warm-up optimiser step, and the padding share."""
-    loop = _Loop(model, precision, accumulate)
-    it = iter(batches)
-    for _ in range(accumulate):  # warm-up: one optimiser step (allocator, autocast caches, AdamW state)
-        loop(next(it))
+    loop, it = _warmed_loop(model, batches, precision, accumulate)
     done = real = total = 0
     start = time.perf_counter()
     while done < examples:
@@ -81,10 +87,7 @@ def profile_step(model: Any, batches: Iterable[Mapping[str, Any]], *, precision:
     """torch.profiler's top `rows` operators by self CPU time over `micro_batches` (after one warm-up step)."""
     from torch.profiler import ProfilerActivity, profile
 
-    loop = _Loop(model, precision, accumulate)
-    it = iter(batches)
-    for _ in range(accumulate):
-        loop(next(it))
+    loop, it = _warmed_loop(model, batches, precision, accumulate)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(micro_batches):
             loop(next(it))

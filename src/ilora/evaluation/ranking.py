@@ -201,10 +201,7 @@ def candidate_token_logprobs(model: nn.Module, *, inputs_embeds: Tensor, attenti
         valid = torch.zeros(B, 0, dtype=torch.bool, device=device)
         packed_ids = order
     M = order.shape[1]
-    block = (seg[:, :, None] == seg[:, None, :]) & (off[:, None, :] <= off[:, :, None]) & valid[:, None, :]
-    block = block | torch.eye(M, dtype=torch.bool, device=device)[None]  # padding queries see themselves only
     packed_embeds = model.get_input_embeddings()(packed_ids).to(dtype)
-    zero, hidden_min = torch.zeros((), dtype=dtype, device=device), torch.finfo(dtype).min
     if method == "split" and getattr(decoder, "gradient_checkpointing", False) and decoder.training:
         method = "joint"  # checkpointed layers run without a KV cache
 
@@ -216,14 +213,15 @@ def candidate_token_logprobs(model: nn.Module, *, inputs_embeds: Tensor, attenti
         out = decoder(inputs_embeds=aligned, position_ids=positions, use_cache=True)
         cache_arg = cache_kwarg(decoder)
         last = out.last_hidden_state[rows, start - 1]  # [B, D]: the prompt's last real token
-        prompt_keys = torch.arange(T, device=device)[None].expand(B, T) < start[:, None]  # [B, T]
-        allowed = torch.cat([prompt_keys[:, None, :].expand(B, M, T), block], dim=-1)[:, None]  # [B, 1, M, T + M]
+        prompt_keys = torch.arange(T, device=device)[None].expand(B, T) < start[:, None]  # [B, T], left-aligned
         cand_hidden = decoder(
-            inputs_embeds=packed_embeds, attention_mask=torch.where(allowed, zero, hidden_min),
+            inputs_embeds=packed_embeds, attention_mask=_packed_block_mask(prompt_keys, seg, off, valid, dtype),
             position_ids=start[:, None] + off, use_cache=True, **{cache_arg: getattr(out, cache_arg)},
         ).last_hidden_state if M else last[:, None, :0]  # [B, M, D]
     else:
         prompt_keys = attention_mask.bool()
+        block = (seg[:, :, None] == seg[:, None, :]) & (off[:, None, :] <= off[:, :, None]) & valid[:, None, :]
+        block = block | torch.eye(M, dtype=torch.bool, device=device)[None]  # padding queries see themselves
         causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
         top = torch.cat([causal[None] & prompt_keys[:, None, :] | torch.eye(T, dtype=torch.bool, device=device)[None],
                          torch.zeros(B, T, M, dtype=torch.bool, device=device)], dim=-1)  # prompt rows [B, T, T + M]
@@ -231,8 +229,8 @@ def candidate_token_logprobs(model: nn.Module, *, inputs_embeds: Tensor, attenti
         allowed = torch.cat([top, bottom], dim=1)[:, None]  # [B, 1, T + M, T + M]
         embeds = torch.cat([inputs_embeds, packed_embeds], dim=1)
         positions = torch.cat([prompt_position_ids(attention_mask), start[:, None] + off], dim=1)
-        hidden = decoder(inputs_embeds=embeds, attention_mask=torch.where(allowed, zero, hidden_min),
-                         position_ids=positions).last_hidden_state
+        mask = torch.where(allowed, torch.zeros((), dtype=dtype, device=device), torch.finfo(dtype).min)
+        hidden = decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
         last, cand_hidden = hidden[:, T - 1], hidden[:, T:]
 
     first = F.log_softmax(head(last).float(), dim=-1)  # [B, V]: every segment's first token
