@@ -101,6 +101,34 @@ def test_dry_run_lists_every_planned_run_and_starts_nothing(study, capsys):
     assert not (study.OUT / "movielens__ilora_k4__s0").exists()
 
 
+def _assert_same(got, want, where="results"):
+    """Equal structure and values; floats to 1e-9 (another numpy build may round a sum differently)."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and set(got) == set(want), where
+        for key in want:
+            _assert_same(got[key], want[key], f"{where}.{key}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want)):
+            _assert_same(g, w, f"{where}[{i}]")
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, rel=1e-9, abs=1e-12), where
+    else:
+        assert got == want, where
+
+
+def test_the_committed_results_follow_from_the_committed_runs(study):
+    """results.json's intervals and paired differences are what run.py computes from runs/*.json (no hand edits)."""
+    committed = json.loads((study.HERE / "results.json").read_text())
+    runs = [json.loads(p.read_text()) for p in sorted((study.HERE / "runs").glob("*.json"))]
+    assert runs and len(committed["runs"]) == len(runs)
+    recomputed = study.summarise(runs, sasrec={})  # SASRec's rows need its encoder; every other number is here
+    _assert_same(recomputed["paired"], committed["paired"])
+    _assert_same(recomputed["summary"], [row for row in committed["summary"] if row["method"] != "sasrec"])
+    pair = next(e for e in committed["paired"] if e["difference"] == "ilora_k4 - lora_k1")
+    assert pair["rank_hr@1"]["ci95"][0] <= pair["rank_hr@1"]["mean"] <= pair["rank_hr@1"]["ci95"][1]
+
+
 def test_the_study_config_evaluates_in_index_order():
     from hydra import compose, initialize_config_dir
 
