@@ -35,7 +35,7 @@ def study(tmp_path, monkeypatch):
     return module
 
 
-def test_study_runs_resumes_and_reports_paired_differences(study, tmp_path, shared_data):
+def test_study_runs_resumes_and_reports_paired_differences(study, tmp_path, shared_data, monkeypatch, capsys):
     results = tmp_path / "results"
     argv = ["--datasets", "movielens", "--methods", "lora_k1", "ilora_k4", "--seeds", "0",
             "--results", str(results), "--extra", *TINY,
@@ -59,6 +59,11 @@ def test_study_runs_resumes_and_reports_paired_differences(study, tmp_path, shar
                                                  - runs[("windows", "lora_k1")]["rank_hr@1"])
     methods = {(s["protocol"], s["method"]) for s in out["summary"]}
     assert ("windows", "sasrec") in methods and ("llara", "sasrec") in methods  # the frozen encoder, same examples
+    # SASRec's ranks are recorded like a run, tied by its weights' SHA-256 to the encoder that steered the runs
+    sasrec = json.loads((results / "runs" / "movielens__windows__sasrec__s0.json").read_text())
+    assert set(windows["index"]) < set(sasrec["index"]) and len(sasrec["encoder_sha256"]) == 64  # all test windows
+    assert sasrec["encoder_sha256"] == windows["encoder_sha256"]
+    assert all(s["encoder_of_the_runs"] is True for s in out["summary"] if s["method"] == "sasrec")
     assert {s["n_test"] for s in out["summary"] if s["protocol"] == "windows"} == {60}
     assert out["machine"]["precision"] in ("bf16", "fp32")
     for png in ("hr1.png", "paired_hr1.png", "learning_curves.png"):
@@ -85,10 +90,21 @@ def test_study_runs_resumes_and_reports_paired_differences(study, tmp_path, shar
     again = json.loads((results / "runs" / "movielens__llara__ilora_k4__s0.json").read_text())
     assert again["attempts"] == 2
 
-    # the results rebuild from the per-run JSON alone
+    # the results rebuild from the per-run JSON alone: no encoder, no backbone (a fresh clone)
     before = (results / "results.json").read_text()
+    monkeypatch.setenv("ILORA_CACHE", str(tmp_path / "empty_cache"))
     assert study.main(["--table-only", "--results", str(results)]) == 0
     assert (results / "results.json").read_text() == before
+
+    # without SASRec's record its row is left out, said in one line, and everything else stands
+    for path in (results / "runs").glob("*__sasrec__*.json"):
+        path.unlink()
+    capsys.readouterr()
+    assert study.main(["--table-only", "--results", str(results)]) == 0
+    assert "movielens/windows: no SASRec record" in capsys.readouterr().out
+    rebuilt = json.loads((results / "results.json").read_text())
+    assert "sasrec" not in {s["method"] for s in rebuilt["summary"]}
+    assert rebuilt["paired"] == json.loads(before)["paired"]
 
 
 def test_dry_run_lists_every_planned_run_and_starts_nothing(study, capsys):
@@ -120,11 +136,13 @@ def _assert_same(got, want, where="results"):
 def test_the_committed_results_follow_from_the_committed_runs(study):
     """results.json's intervals and paired differences are what run.py computes from runs/*.json (no hand edits)."""
     committed = json.loads((study.HERE / "results.json").read_text())
-    runs = [json.loads(p.read_text()) for p in sorted((study.HERE / "runs").glob("*.json"))]
+    records = [json.loads(p.read_text()) for p in sorted((study.HERE / "runs").glob("*.json"))]
+    runs = [r for r in records if r["method"] != "sasrec"]
+    sasrec = {f"{r['dataset']}/{r['protocol']}": r for r in records if r["method"] == "sasrec"}
     assert runs and len(committed["runs"]) == len(runs)
-    recomputed = study.summarise(runs, sasrec={})  # SASRec's rows need its encoder; every other number is here
+    recomputed = study.summarise(runs, sasrec)
     _assert_same(recomputed["paired"], committed["paired"])
-    _assert_same(recomputed["summary"], [row for row in committed["summary"] if row["method"] != "sasrec"])
+    _assert_same(recomputed["summary"], committed["summary"])
     pair = next(e for e in committed["paired"] if e["difference"] == "ilora_k4 - lora_k1")
     assert pair["rank_hr@1"]["ci95"][0] <= pair["rank_hr@1"]["mean"] <= pair["rank_hr@1"]["ci95"][1]
 

@@ -13,7 +13,9 @@ users) and the extended one (`ilora-eval data=movielens_windows`, 2,069 windows 
 
 Run directories (checkpoints, logs) live under `outputs/study/` (not committed); what the results need is copied
 to `experiments/study/runs/<dataset>__<protocol>__<method>__s<seed>.json` (metrics, per-example target ranks
-and users, the learning curve, wall time), so `--table-only` rebuilds everything from a fresh clone.
+and users, the learning curve, wall time, the SHA-256 of the SASRec weights that steered it). The frozen SASRec's
+ranks on the same examples are recorded the same way (`<dataset>__<protocol>__sasrec__s0.json`, with its weights'
+SHA-256) once its encoder is in the cache, so `--table-only` rebuilds everything from a fresh clone, no encoder needed.
 """
 
 from __future__ import annotations
@@ -48,6 +50,29 @@ WINDOWS_DATA = {"movielens": "movielens_windows"}
 RUN_ORDER = ("lora_k1", "ilora_k4", "uniform_k4", "frozen")  # within a seed: the main comparison first
 PAIRS = (("ilora_k4", "lora_k1"), ("uniform_k4", "lora_k1"), ("ilora_k4", "uniform_k4"))
 KS = (1, 5)
+ENCODER_SEED = 0  # the SASRec that steers every run (projector inputs, gate) and is the reference row
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ILORA_CACHE", ROOT / ".cache"))
+
+
+def encoder_dir(data: str) -> Path:
+    return cache_dir() / "encoders" / data / "sasrec" / f"seed{ENCODER_SEED}"
+
+
+def encoder_digest(data: str) -> str | None:
+    """SHA-256 of the cached SASRec weights of `data` (None when not trained here): ties each run to its encoder."""
+    import hashlib
+
+    from ilora.encoders.io import WEIGHTS
+
+    path = encoder_dir(data) / WEIGHTS
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def sasrec_file(results_dir: Path, data: str, protocol: str) -> Path:
+    return results_dir / "runs" / f"{data}__{protocol}__sasrec__s{ENCODER_SEED}.json"
 
 
 def run_name(data: str, method: str, seed: int) -> str:
@@ -171,6 +196,7 @@ def record(data: str, protocol: str, method: str, seed: int, directory: Path, at
         "wall_time_s": round(train_wall + eval_wall, 1), "attempts": len(attempts),
         "machine": machine(), "recorded": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit(),
         "load_avg_1m": round(os.getloadavg()[0], 2),  # > cores: the timing shared the machine
+        "encoder_sha256": encoder_digest(data),
         "index": index, "user": users, "target_rank": ranks, "curve": _curve(attempts) if trained else [],
         "config": {"model.loss": config["model"]["loss"], "data.prompt": config["data"]["prompt"],
                    "lr": config["model"]["optimizer"]["lr"], "adapter.num_experts": config["adapter"].get("num_experts"),
@@ -178,8 +204,8 @@ def record(data: str, protocol: str, method: str, seed: int, directory: Path, at
     }
 
 
-def sasrec_ranks(data: str, protocol: str) -> dict:
-    """The frozen SASRec (encoder seed 0, the one steering every run) on the same test examples."""
+def sasrec_record(data: str, protocol: str) -> dict | None:
+    """The frozen SASRec (the cached encoder of seed 0) on the protocol's test examples; None without its encoder."""
     import torch
 
     from ilora.data.datasets import load_dataset
@@ -187,17 +213,37 @@ def sasrec_ranks(data: str, protocol: str) -> dict:
     from ilora.encoders.batches import eval_tensors
     from ilora.metrics import target_rank
 
+    digest = encoder_digest(data)
+    if digest is None:
+        return None
     name = WINDOWS_DATA[data] if protocol == "windows" else data
     dataset = load_dataset(ROOT / "data" / name)
     split = dataset.splits["test"]
     keep = np.flatnonzero(np.fromiter(map(len, split.history), dtype=np.int64) >= 3)  # data.min_history
     history, lengths, candidates, column = (t[keep] for t in eval_tensors(dataset, "test", 20, 0))
-    cache = Path(os.environ.get("ILORA_CACHE", ROOT / ".cache"))
-    encoder = load_encoder(cache / "encoders" / data / "sasrec" / "seed0")
+    encoder = load_encoder(encoder_dir(data))
     with torch.no_grad():
-        scores = encoder(history, lengths).gather(1, candidates)
+        ranks = target_rank(encoder(history, lengths).gather(1, candidates), column).tolist()
     users = split.user[keep] if split.user is not None else keep
-    return {"index": keep.tolist(), "user": [int(u) for u in users], "target_rank": target_rank(scores, column).tolist()}
+    metrics = {k: float(v.mean()) for k, v in _metrics_of(np.asarray(ranks, dtype=float)).items()}
+    return {"dataset": data, "protocol": protocol, "method": "sasrec", "seed": ENCODER_SEED, **metrics,
+            "n_test": int(keep.size), "encoder_sha256": digest, "machine": machine(), "commit": commit(),
+            "recorded": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "index": keep.tolist(), "user": [int(u) for u in users], "target_rank": ranks}
+
+
+def record_sasrec(results_dir: Path, datasets: list[str] | None = None) -> None:
+    """Record SASRec's ranks for every protocol with recorded runs and no SASRec record yet (its encoder cached)."""
+    for data, protocols in DATASETS.items():
+        if datasets and data not in datasets:
+            continue
+        for protocol in protocols:
+            path = sasrec_file(results_dir, data, protocol)
+            if path.is_file() or not any((results_dir / "runs").glob(f"{data}__{protocol}__*.json")):
+                continue
+            payload = sasrec_record(data, protocol)
+            if payload is not None:
+                path.write_text(json.dumps(payload, sort_keys=True) + "\n")
 
 
 # --------------------------------------------------------------------------------------------- results
@@ -247,6 +293,10 @@ def summarise(runs: list[dict], sasrec: dict[str, dict]) -> dict:
                 means[method] = (index, users, values)
                 row = {"dataset": data, "protocol": protocol, "method": method, "seeds": [r["seed"] for r in members],
                        "n_test": int(index.size), "n_users": int(np.unique(users).size)}
+                if method == "sasrec":  # the encoder that steered the LLM runs, or only one trained like it?
+                    steering = {r.get("encoder_sha256") for m, rs in by_method.items() if m != "sasrec" for r in rs}
+                    row["encoder_of_the_runs"] = (None if None in steering
+                                                  else steering == {sasrec[key].get("encoder_sha256")})
                 for metric, per_example in values.items():
                     per_seed = [float(_metrics_of(np.asarray(r["target_rank"], float))[metric].mean()) for r in members]
                     row[metric] = float(per_example.mean())
@@ -309,15 +359,26 @@ def write_results(runs: list[dict], sasrec: dict[str, dict], results_dir: Path) 
     return results
 
 
+SASREC_NOTE = {True: "", False: " (†)", None: " (‡)"}
+
+
 def table(results: dict) -> str:
     lines = ["| dataset | protocol | method | seeds | n test (users) | HR@1 [95% CI, users] | HR@5 | NDCG@5 |",
              "|---|---|---|---|---|---|---|---|"]
     for r in results["summary"]:
         low, high = r["rank_hr@1_ci95"]
         std = f" ± {r['rank_hr@1_seed_std']:.3f}" if r["rank_hr@1_seed_std"] is not None else ""
-        lines.append(f"| {r['dataset']} | {r['protocol']} | {r['method']} | {len(r['seeds'])} | {r['n_test']} "
+        method = r["method"] + (SASREC_NOTE[r["encoder_of_the_runs"]] if r["method"] == "sasrec" else "")
+        lines.append(f"| {r['dataset']} | {r['protocol']} | {method} | {len(r['seeds'])} | {r['n_test']} "
                      f"({r['n_users']}) | {r['rank_hr@1']:.3f}{std} [{low:.3f}, {high:.3f}] | {r['rank_hr@5']:.3f} | "
                      f"{r['rank_ndcg@5']:.3f} |")
+    notes = {r["encoder_of_the_runs"] for r in results["summary"] if r["method"] == "sasrec"}
+    if False in notes:
+        lines += ["", "(†) a SASRec trained with the same recipe and seed, not the weights that steered these runs "
+                  "(SHA-256 differs: retrained on another machine)."]
+    if None in notes:
+        lines += ["", "(‡) SASRec trained with the same recipe and seed; some runs did not record their encoder's "
+                  "SHA-256, so whether it is the very encoder that steered them is not known."]
     lines += ["", "Paired differences on the same examples. `users`: 95% interval resampling users (training runs "
               "fixed); `seeds+users`: resampling each method's seeds too (training noise; only as wide as the seeds "
               "allow: with one seed per method it equals `users`).", "",
@@ -388,14 +449,14 @@ def plot(results: dict, runs: list[dict], results_dir: Path) -> None:
 
 def rebuild(results_dir: Path) -> dict | None:
     """results.json, table.md and the PNGs from runs/*.json (None when no run has finished)."""
-    runs = [json.loads(p.read_text()) for p in sorted((results_dir / "runs").glob("*.json"))]
+    records = [json.loads(p.read_text()) for p in sorted((results_dir / "runs").glob("*.json"))]
+    runs = [r for r in records if r["method"] != "sasrec"]
     if not runs:
         return None
-    sasrec = {}
-    for data, protocols in DATASETS.items():
-        for protocol in protocols:
-            if any((r["dataset"], r["protocol"]) == (data, protocol) for r in runs):
-                sasrec[f"{data}/{protocol}"] = sasrec_ranks(data, protocol)
+    sasrec = {f"{r['dataset']}/{r['protocol']}": r for r in records if r["method"] == "sasrec"}
+    for key in sorted({f"{r['dataset']}/{r['protocol']}" for r in runs} - set(sasrec)):
+        print(f"[study] {key}: no SASRec record ({sasrec_file(results_dir, *key.split('/')).name}); its row is left "
+              f"out until `run.py --datasets {key.split('/')[0]}` runs with the encoder in the cache", flush=True)
     return write_results(runs, sasrec, results_dir)
 
 
@@ -440,9 +501,12 @@ def main(argv: list[str] | None = None) -> int:
                     payload = record(data, protocol, method, seed, directory, attempts)
                     path = results_dir / "runs" / f"{data}__{protocol}__{method}__s{seed}.json"
                     path.write_text(json.dumps(payload, sort_keys=True) + "\n")
+            record_sasrec(results_dir, [data])
             rebuild(results_dir)  # results.json always shows every run finished so far
     if args.dry_run:
         return 0
+    if not args.table_only:
+        record_sasrec(results_dir, args.datasets)
     results = rebuild(results_dir)
     print(table(results) if results else "[study] no finished runs yet")
     return 0
