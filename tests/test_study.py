@@ -28,6 +28,7 @@ def _load(name: str, path: Path):
 def study(tmp_path, monkeypatch):
     module = _load("study_run", REPO / "experiments" / "study" / "run.py")
     monkeypatch.setattr(module, "OUT", tmp_path / "out")
+    monkeypatch.setattr(module, "PINNED", tmp_path / "pinned")  # tiny runs train their own encoder
     (tmp_path / "cache").mkdir()
     os.symlink(CACHE / "backbones", tmp_path / "cache" / "backbones")
     monkeypatch.setenv("ILORA_CACHE", str(tmp_path / "cache"))
@@ -105,6 +106,32 @@ def test_study_runs_resumes_and_reports_paired_differences(study, tmp_path, shar
     rebuilt = json.loads((results / "results.json").read_text())
     assert "sasrec" not in {s["method"] for s in rebuilt["summary"]}
     assert rebuilt["paired"] == json.loads(before)["paired"]
+
+
+def test_a_pinned_encoder_is_put_in_the_cache_and_a_different_cached_one_stops_the_study(study, tmp_path):
+    pinned = tmp_path / "pinned" / "lastfm"
+    pinned.mkdir(parents=True)
+    (pinned / "config.json").write_text('{"name": "sasrec"}')
+    (pinned / "encoder.safetensors").write_bytes(b"pinned weights")
+    study.pin_encoder("lastfm")
+    cached = study.encoder_dir("lastfm")
+    assert (cached / "encoder.safetensors").read_bytes() == b"pinned weights"
+    assert (cached / "config.json").read_text() == '{"name": "sasrec"}'
+    study.pin_encoder("lastfm")  # the same encoder: nothing to do
+    (cached / "encoder.safetensors").write_bytes(b"retrained elsewhere")
+    with pytest.raises(SystemExit, match="cached SASRec differs from the study's pinned encoder"):
+        study.pin_encoder("lastfm")
+    assert (cached / "encoder.safetensors").read_bytes() == b"retrained elsewhere"  # never overwritten
+    study.pin_encoder("movielens")  # nothing pinned for it: the cache decides, as before
+    assert not study.encoder_dir("movielens").exists()
+
+
+def test_the_committed_lastfm_runs_were_steered_by_the_pinned_encoder(study):
+    import hashlib
+
+    pinned = hashlib.sha256((study.HERE / "encoders" / "lastfm" / "encoder.safetensors").read_bytes()).hexdigest()
+    lastfm = [json.loads(p.read_text()) for p in (study.HERE / "runs").glob("lastfm__*.json")]
+    assert lastfm and {r["encoder_sha256"] for r in lastfm} == {pinned}
 
 
 def test_dry_run_lists_every_planned_run_and_starts_nothing(study, capsys):

@@ -21,6 +21,7 @@ SHA-256) once its encoder is in the cache, so `--table-only` rebuilds everything
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -36,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 OUT = Path(os.environ.get("ILORA_STUDY_OUT", ROOT / "outputs" / "study"))
+PINNED = HERE / "encoders"  # the SASRec weights that steered the recorded runs, per dataset (where committed)
 
 # method -> (overrides of conf/experiment/study.yaml, seeds)
 METHODS: dict[str, tuple[list[str], tuple[int, ...]]] = {
@@ -63,12 +65,36 @@ def encoder_dir(data: str) -> Path:
 
 def encoder_digest(data: str) -> str | None:
     """SHA-256 of the cached SASRec weights of `data` (None when not trained here): ties each run to its encoder."""
-    import hashlib
-
     from ilora.encoders.io import WEIGHTS
 
     path = encoder_dir(data) / WEIGHTS
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def pin_encoder(data: str, pinned_root: Path | None = None) -> None:
+    """Put the study's committed SASRec of `data` (`encoders/<data>/`) in the cache before its runs train.
+
+    Encoder training is not bit-reproducible across CPU kinds, so runs added in a later session (another machine)
+    would otherwise be steered by a different encoder than the runs they are compared with. A cached encoder that
+    differs from the pinned one stops the study with one line instead of being used or overwritten.
+    """
+    import shutil
+
+    from ilora.encoders.io import CONFIG, WEIGHTS
+
+    pinned = (pinned_root or PINNED) / data
+    if not (pinned / WEIGHTS).is_file():
+        return
+    target = encoder_dir(data)
+    if not (target / WEIGHTS).is_file():
+        target.mkdir(parents=True, exist_ok=True)
+        for name in (CONFIG, WEIGHTS):
+            shutil.copyfile(pinned / name, target / name)
+        return
+    want = hashlib.sha256((pinned / WEIGHTS).read_bytes()).hexdigest()
+    if encoder_digest(data) != want:
+        raise SystemExit(f"{target}: cached SASRec differs from the study's pinned encoder {pinned} (SHA-256 "
+                         f"{want[:12]}...): move the cached one away or set ILORA_CACHE to another directory")
 
 
 def sasrec_file(results_dir: Path, data: str, protocol: str) -> Path:
@@ -485,6 +511,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[study] {data}/{method}/seed{seed}: recorded in {recorded[0].parent}, kept", flush=True)
                 continue
             print(f"[study] {data}/{method}/seed{seed}", flush=True)
+            if not args.dry_run:
+                pin_encoder(data)
             attempt = train_run(data, method, seed, args.extra, args.dry_run)
             if attempt is None:
                 print(f"[study] {data}/{method}/seed{seed} FAILED: see {OUT / run_name(data, method, seed)}/train.log")
