@@ -137,7 +137,9 @@ def test_the_committed_lastfm_runs_were_steered_by_the_pinned_encoder(study):
 def test_dry_run_lists_every_planned_run_and_starts_nothing(study, capsys):
     assert study.main(["--dry-run", "--results", str(study.OUT / "r")]) == 0
     printed = capsys.readouterr().out
-    assert printed.count("ilora-train experiment=study") == 2 * (1 + 3 + 3 + 1) + 1  # + frozen LLM on windows
+    assert printed.count("ilora-train experiment=study") == 2 * (1 + 3 + 3 + 1) + 2 + 1  # + LastFM's uniform
+    # gate at seeds 1 and 2 (EXTRA_SEEDS), + the frozen LLM on windows
+    assert "data=lastfm gate=uniform seed=2" in printed and "data=movielens gate=uniform seed=2" not in printed
     assert printed.count("ilora-eval") == 3 + 3 + 1  # the MovieLens trained runs, on the extended protocol
     # evaluated in index order, as every recorded run was (bf16 scores move with the batch composition)
     assert printed.count("data.eval_order=index") == printed.count("ilora-eval")
