@@ -173,11 +173,12 @@ def test_every_readme_command_runs(workspace):
     assert (exported / "adapter_model.safetensors").is_file()
 
     step("ilora-report DIR", {"DIR": str(sweep)})
-    # the study: every planned command is listed (--dry-run added); tests/test_study.py runs it on the tiny backbone
+    # the study: every planned command is listed (--dry-run added; 17 + LastFM uniform seeds 1, 2); tests/test_study.py
+    # runs it on the tiny backbone
     handled.add("python experiments/study/run.py")
     dry = subprocess.run([sys.executable, str(REPO / "experiments" / "study" / "run.py"), "--dry-run", "--results",
                           str(ws["root"] / "study")], capture_output=True, text=True, env=ws["env"], timeout=120)
-    assert dry.returncode == 0 and dry.stdout.count("ilora-train experiment=study") == 17, dry.stdout[-2000:]
+    assert dry.returncode == 0 and dry.stdout.count("ilora-train experiment=study") == 19, dry.stdout[-2000:]
     assert (sweep / "report.md").is_file() and (sweep / "hr1_vs_experts.png").is_file()
 
     assert set(commands) <= handled, f"README commands without a runner here: {sorted(set(commands) - handled)}"
