@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from ilora.adapters import apply_moe_lora, gate_context
+from ilora.adapters import apply_moe_lora, dropout_masks, gate_context
 from ilora.adapters.gates import gate_entropy, load_balancing_loss
+from ilora.compiled import compile_blocks
 from ilora.errors import CheckpointError, ConfigError, IloraError
 from ilora.evaluation.generation import generate_answers, generation_metrics, parse_choice
 from ilora.evaluation.ranking import candidate_token_logprobs, score_candidates
@@ -70,6 +71,12 @@ class Recommender(pl.LightningModule):
         evaluation: `{rank, generate, generate_on_val, length_normalize, max_new_tokens}` (validation can skip
             generation: checkpoint selection uses the ranking HR@1).
         run_config: the resolved run config (plain dict), stored in checkpoints for `ilora-eval`.
+        dropout_seed: the run seed that keys the adapters' dropout masks (None: torch's initial seed, which
+            `seed_everything` sets); each training micro-batch's masks are a function of it, the optimiser step
+            and the batch index, so a resumed run replays them exactly.
+        compile: `torch.compile` each decoder block's training forward (`ilora.compiled`); evaluation stays eager.
+        pad_to_multiple_of: the packed candidate rows of the rank losses are padded to a multiple of this (the
+            DataModule pads the prompts likewise), so a compiled step meets few shapes.
     """
 
     def __init__(
@@ -89,6 +96,9 @@ class Recommender(pl.LightningModule):
         run_config: Mapping[str, Any] | None = None,
         loss: str = "answer",
         rank_weight: float = 1.0,
+        dropout_seed: int | None = None,
+        compile: bool = False,
+        pad_to_multiple_of: int = 1,
     ) -> None:
         super().__init__()
         if loss not in LOSSES:
@@ -101,8 +111,11 @@ class Recommender(pl.LightningModule):
         self.tokenizer = tokenizer
         self.encoder = encoder.eval().requires_grad_(False)
         self.adapter_cfg = dict(adapter)
+        self.dropout_seed = int(torch.initial_seed() if dropout_seed is None else dropout_seed)
         self.num_experts = self._apply_adapter(self.adapter_cfg)
         self.gate = self._build_gate(gate) if self.num_experts > 1 else None
+        self.pad_to_multiple_of = int(pad_to_multiple_of)
+        self.compiled_blocks = compile_blocks(self.backbone) if compile else 0
         self.projector = ItemProjector(in_dim=encoder.hidden_dim, out_dim=backbone.config.hidden_size)
         if self.num_experts == 0:  # adapter=none: the zero-shot frozen LLM trains nothing, not even the projector
             self.projector.requires_grad_(False)
@@ -117,6 +130,7 @@ class Recommender(pl.LightningModule):
         self._eval_records: list[dict[str, Any]] = []
         self._resumed_rng_state: Tensor | None = None
         self._truncated: dict[str, set[int]] = {}
+        self._step_losses: list[Tensor] = []
 
     # ----------------------------------------------------------------- construction
     def _apply_adapter(self, cfg: dict[str, Any]) -> int:
@@ -134,6 +148,7 @@ class Recommender(pl.LightningModule):
             targets=tuple(cfg.get("targets") or ()),
             target_regex=cfg.get("target_regex"),
             scaling=cfg.get("scaling", "expert"),
+            dropout_seed=self.dropout_seed,
         )
         return int(cfg["num_experts"])
 
@@ -204,6 +219,18 @@ class Recommender(pl.LightningModule):
         if "truncated" in batch:
             seen.update(batch["index"][batch["truncated"]].tolist())
 
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Truncation bookkeeping while the batch is still on the host (no device sync on the hot path)."""
+        trainer = self._trainer
+        if trainer is not None and isinstance(batch, Mapping):
+            if trainer.training:
+                self.note_truncated("train", batch)
+            elif trainer.sanity_checking or trainer.validating:
+                self.note_truncated("val", batch)
+            elif trainer.testing:
+                self.note_truncated("test", batch)
+        return batch
+
     def truncated_counts(self) -> dict[str, int]:
         """Distinct examples per stage whose prompt was shortened at least once (this process's share under DDP)."""
         return {stage: len(rows) for stage, rows in self._truncated.items()}
@@ -218,6 +245,7 @@ class Recommender(pl.LightningModule):
             token_lp = candidate_token_logprobs(
                 self.backbone, inputs_embeds=embeds, attention_mask=batch["attention_mask"],
                 cand_input_ids=batch["cand_input_ids"], cand_attention_mask=batch["cand_attention_mask"],
+                pad_to=self.pad_to_multiple_of,
             )  # [B, C, L]
         lengths = batch["cand_attention_mask"].sum(-1)  # [B, C]
         scores = token_lp.sum(-1)
@@ -239,7 +267,9 @@ class Recommender(pl.LightningModule):
         return rank if self.loss_kind == "rank" else answer + self.rank_weight * rank
 
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
-        self.note_truncated("train", batch)
+        masks = dropout_masks(self.backbone)
+        if masks is not None:  # this micro-batch's dropout masks: a function of (seed, step, batch), not of history
+            masks.at(self.global_step, batch_idx)
         gate = self.gate_weights(batch)
         loss = self.training_loss(batch, gate)
         batch_size = batch["input_ids"].shape[0]
@@ -252,12 +282,22 @@ class Recommender(pl.LightningModule):
             self.log("train/gate_entropy", gate_entropy(gate).mean(), batch_size=batch_size)
             for k, w in enumerate(gate.detach().mean(0)):
                 self.log(f"train/expert_{k}_weight", w, batch_size=batch_size)
-        if not torch.isfinite(loss):  # stop before backward: the weights and the last checkpoint stay finite
-            raise NonFiniteLossError(
-                f"non-finite training loss {loss.item()} at global step {self.global_step} "
-                f"(epoch {self.current_epoch}, batch {batch_idx}); lower model.optimizer.lr or check the data"
-            )
+        self._step_losses.append(loss.detach())  # checked once per optimiser step: no host sync per micro-batch
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Stop before a non-finite loss reaches the weights: one host sync per optimiser step, not per micro-batch."""
+        losses, self._step_losses = self._step_losses, []
+        if not losses:
+            return
+        stacked = torch.stack([l.float() for l in losses])
+        finite = torch.isfinite(stacked)
+        if not bool(finite.all()):
+            bad = stacked[~finite][0].item()
+            raise NonFiniteLossError(
+                f"non-finite training loss {bad} at global step {self.global_step} "
+                f"(epoch {self.current_epoch}); lower model.optimizer.lr or check the data"
+            )
 
     def configure_optimizers(self) -> Any:
         base_lr = self._base_lr()
@@ -292,11 +332,9 @@ class Recommender(pl.LightningModule):
 
     # ----------------------------------------------------------------- evaluation
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        self.note_truncated("val", batch)
         self._eval_records.extend(self.evaluate_batch(batch, generate=bool(self.eval_cfg["generate_on_val"])))
 
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        self.note_truncated("test", batch)
         self._eval_records.extend(self.evaluate_batch(batch))
 
     @torch.no_grad()
@@ -304,10 +342,10 @@ class Recommender(pl.LightningModule):
         """Rank and/or generate for one left-padded eval batch; one record per example."""
         embeds, gate = self.embed(batch), self.gate_weights(batch)
         users = batch["user"] if "user" in batch else batch["index"]
-        records = [
-            {"index": int(i), "user": int(u), "target_index": int(t), "candidates": c.tolist()}
-            for i, u, t, c in zip(batch["index"], users, batch["target_index"], batch["candidates"])
-        ]
+        columns = [batch["index"], users, batch["target_index"], batch["candidates"]]
+        index, user, target, candidates = (c.tolist() for c in columns)  # one copy each, not one per element
+        records = [{"index": i, "user": u, "target_index": t, "candidates": c}
+                   for i, u, t, c in zip(index, user, target, candidates)]
         generate = bool(self.eval_cfg["generate"] and generate)
         prompt_cache = None  # ranking's prompt KV cache, reused by generation (the prompt is encoded once)
         with self.gated(gate):
@@ -322,8 +360,8 @@ class Recommender(pl.LightningModule):
                     keep_prompt_cache=generate,
                 )
                 scores, prompt_cache = ranked if generate else (ranked, None)
-                for record, row in zip(records, scores.float().cpu()):
-                    record["scores"] = row.tolist()
+                for record, row in zip(records, scores.float().cpu().tolist()):
+                    record["scores"] = row
             if generate:
                 texts = generate_answers(
                     self.backbone,
@@ -337,8 +375,8 @@ class Recommender(pl.LightningModule):
                     record["generated"] = text
                     record["choice"] = parse_choice(text, titles)
         if gate is not None:
-            for record, g in zip(records, gate.float().cpu()):
-                record["gate"] = g.tolist()
+            for record, g in zip(records, gate.float().cpu().tolist()):
+                record["gate"] = g
         return records
 
     def on_validation_epoch_start(self) -> None:

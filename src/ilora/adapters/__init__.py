@@ -1,5 +1,6 @@
 """Instance-wise LoRA: the MoE-LoRA layer, its injection into causal LMs, and the sequence-guided gates."""
 
+from ilora.adapters.dropout import DropoutMasks, dropout_masks
 from ilora.adapters.gates import (
     Gate,
     LinearGate,
@@ -28,6 +29,7 @@ from ilora.adapters.moe_lora import (
 
 __all__ = [
     "DEFAULT_TARGETS",
+    "DropoutMasks",
     "Gate",
     "LinearGate",
     "MLPGate",
@@ -40,6 +42,7 @@ __all__ = [
     "apply_moe_lora",
     "count_parameters",
     "disable_adapters",
+    "dropout_masks",
     "gate_context",
     "gate_entropy",
     "load_adapter_state_dict",

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ilora.adapters.dropout import FastDropout
+from ilora.adapters.dropout import DropoutMasks, FastDropout, masked_linear
 from ilora.errors import ConfigError
 from ilora.state import check_state_fits
 
@@ -86,6 +86,7 @@ class MoELoRALinear(nn.Module):
         )
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.dropout = FastDropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout_keep: Tensor | None = None  # this call's keep mask, set by the block's DropoutMasks hook
         self.gate: Tensor | None = None  # [B, K], set by gate_context; a plain attribute, never saved
         # The gate of the last forward that built a graph: activation checkpointing re-runs forward during
         # backward, after the gate_context has closed; only such re-runs (inside backward) fall back to it.
@@ -93,6 +94,10 @@ class MoELoRALinear(nn.Module):
         self.adapters_disabled = False
         self.merged = False
         self._unmerged_weight: Tensor | None = None
+
+    def dropout_active(self) -> bool:
+        return isinstance(self.dropout, FastDropout) and self.dropout.active() and not self.merged \
+            and not self.adapters_disabled
 
     @property
     def in_features(self) -> int:
@@ -119,11 +124,14 @@ class MoELoRALinear(nn.Module):
             return y
         if not torch.is_autocast_enabled(x.device.type):
             x = x.to(self.lora_A.dtype)
-        drop = self.dropout
-        if isinstance(drop, FastDropout) and drop.active(x):  # its 1/(1-p) rescale moves to the r-dim side
-            h, drop_scale = drop.project(x, self.lora_A), drop.scale  # [B, T, r]; mask recomputed in backward
+        if self.dropout_active():  # the 1/(1-p) rescale moves to the r-dim side
+            keep = self.dropout_keep if self.dropout_keep is not None else self.dropout.draw(x)
+            if keep.shape != x.shape:
+                raise ConfigError(f"dropout mask {list(keep.shape)} does not match the input {list(x.shape)} of "
+                                  f"{self.extra_repr()}: projections sharing a mask must read the same input")
+            h, drop_scale = masked_linear(x, keep, self.lora_A), self.dropout.scale  # [B, T, r]
         else:
-            h, drop_scale = F.linear(drop(x), self.lora_A), 1.0
+            h, drop_scale = F.linear(x, self.lora_A), 1.0
         g = self._rank_gate(x)  # [B, 1, r] with the scaling folded in, or None (K == 1, no gate)
         h = h * (self.scaling * drop_scale) if g is None else h * (g * drop_scale).to(h.dtype)
         return y + F.linear(h, self.lora_B).to(y.dtype)  # [B, T, out]
@@ -307,13 +315,15 @@ def apply_moe_lora(
     targets: Sequence[str] = DEFAULT_TARGETS,
     target_regex: str | None = None,
     scaling: str = "expert",
+    dropout_seed: int = 0,
 ) -> list[str]:
     """Replace matching nn.Linear modules by MoELoRALinear and freeze everything else.
 
     A module matches when its name ends with one of `targets` (".q_proj" or exactly "q_proj"), or,
     when `target_regex` is given, when the regex matches its full name (re.fullmatch, as peft does;
     `targets` is then ignored). Layers already wrapped are skipped. Afterwards only lora_* tensors of
-    `model` require grad. Returns the replaced module names.
+    `model` require grad. With dropout > 0 the model gets keyed dropout masks (`adapters.dropout.DropoutMasks`,
+    seeded by `dropout_seed`; reach it with `dropout_masks(model)`). Returns the replaced module names.
     """
     _check_hparams(rank=rank, num_experts=num_experts, alpha=alpha, dropout=dropout, scaling=scaling)
     if target_regex is not None:
@@ -352,6 +362,10 @@ def apply_moe_lora(
         )
         setattr(parent, child, layer)
     _INJECTION_VERSION[0] += 1
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, MoELoRALinear)
+              and isinstance(m.dropout, FastDropout)]
+    if layers:
+        model._ilora_dropout_masks = DropoutMasks(model, layers, seed=dropout_seed)
     return chosen
 
 

@@ -69,7 +69,17 @@ def build_datamodule(cfg: DictConfig):
     layout = "answer" if OmegaConf.select(cfg, "model.loss", default="answer") == "answer" else "prompt"
     if is_zero_shot(cfg):  # nothing is trained, so no projector could map item embeddings: titles only
         return hydra.utils.instantiate(cfg.data, text_only=True, train_layout=layout)
-    return hydra.utils.instantiate(cfg.data, train_layout=layout)
+    return hydra.utils.instantiate(cfg.data, train_layout=layout, pad_to_multiple_of=pad_multiple(cfg))
+
+
+def pad_multiple(cfg: DictConfig) -> int:
+    """Training batches' padding multiple: `model.pad_to_multiple_of` for a compiled step (few shapes), else 1."""
+    if not OmegaConf.select(cfg, "model.compile", default=False):
+        return 1
+    multiple = int(OmegaConf.select(cfg, "model.pad_to_multiple_of", default=64))
+    if multiple < 1:
+        raise ConfigError(f"model.pad_to_multiple_of={multiple} must be >= 1")
+    return multiple
 
 
 def is_zero_shot(cfg: DictConfig) -> bool:
@@ -121,6 +131,9 @@ def build_model(cfg: DictConfig, *, backbone, tokenizer, encoder, num_train_exam
         run_config=portable_config(cfg),
         loss=str(model_cfg.get("loss", "answer")),
         rank_weight=float(model_cfg.get("rank_weight", 1.0)),
+        dropout_seed=int(cfg.get("seed", 0)),
+        compile=bool(model_cfg.get("compile", False)),
+        pad_to_multiple_of=pad_multiple(cfg),
     )
 
 

@@ -31,10 +31,11 @@ IGNORE_INDEX = -100
 _HYBRID_STREAM = 0x4B1D
 
 
-def pad_sequences(seqs: Sequence[Sequence[int]], pad_value: int, *, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad id lists to `[N, L]` (L = longest) on the left or right; returns (ids, mask) long tensors."""
+def pad_sequences(seqs: Sequence[Sequence[int]], pad_value: int, *, left: bool,
+                  multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad id lists to `[N, L]` (L = longest, rounded up to `multiple`) on the left or right; (ids, mask) longs."""
     lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
-    width = int(lengths.max(initial=0))
+    width = -(-int(lengths.max(initial=0)) // multiple) * multiple
     flat = np.fromiter(chain.from_iterable(seqs), dtype=np.int64, count=int(lengths.sum()))
     rows = np.repeat(np.arange(len(seqs)), lengths)
     cols = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
@@ -78,6 +79,7 @@ class PromptCollator:
         text_only: bool = False,
         hybrid_probability: float = 1.0,
         layout: str | None = None,
+        pad_to_multiple_of: int = 1,
     ) -> None:
         if mode not in ("train", "eval"):
             raise ConfigError(f"collator mode={mode!r} must be 'train' or 'eval'")
@@ -85,6 +87,9 @@ class PromptCollator:
         if layout not in ("answer", "prompt") or (mode == "eval" and layout == "answer"):
             raise ConfigError(f"collator layout={layout!r} must be 'answer' (training) or 'prompt'")
         self.with_answer = layout == "answer"
+        if int(pad_to_multiple_of) < 1:
+            raise ConfigError(f"pad_to_multiple_of={pad_to_multiple_of} must be >= 1")
+        self.pad_multiple = int(pad_to_multiple_of)
         if max_prompt_tokens is not None and max_prompt_tokens < 1:
             raise ConfigError(f"data.max_prompt_tokens={max_prompt_tokens} must be >= 1 or null")
         self.train = mode == "train"
@@ -201,7 +206,8 @@ class PromptCollator:
             slot_offsets += slots
             slot_items += shown + listed if hybrid else []
 
-        input_ids, attention_mask = pad_sequences(seqs, self.pad_id, left=not self.with_answer)
+        input_ids, attention_mask = pad_sequences(seqs, self.pad_id, left=not self.with_answer,
+                                                  multiple=self.pad_multiple)
         rows = torch.tensor(slot_rows, dtype=torch.long)
         shift = (input_ids.shape[1] - attention_mask.sum(1) if not self.with_answer
                  else torch.zeros(len(seqs), dtype=torch.long))

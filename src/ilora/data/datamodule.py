@@ -102,6 +102,8 @@ class RecDataModule(L.LightningDataModule):
     under conf/prompts; default conf/prompts/<domain>.yaml); `prompt`: `llara` (candidates listed, as the papers) or
     `history` (history only; candidates are scored, never listed); `train_layout`: `answer` (prompt + answer,
     right-padded, for the answer loss) or `prompt` (left-padded prompts, for losses over the candidate pass);
+    `pad_to_multiple_of`: training batches are padded to a multiple of this many tokens (a compiled step then
+    meets a few shapes instead of one per batch; the entry point sets it with `model.compile`);
     `eval_order`: `length` (evaluation batches group prompts of similar size, see `LengthOrder`) or `index`;
     `limit_*` keep the first rows for smoke runs; `encoder_data` (read by the entry points, not here) names the
     dataset whose trained encoder steers this one when they share a train split.
@@ -125,6 +127,7 @@ class RecDataModule(L.LightningDataModule):
         prompt: str = "llara",
         prompts: str | None = None,
         train_layout: str = "answer",
+        pad_to_multiple_of: int = 1,
         eval_order: str = "length",
         encoder_data: str | None = None,
         limit_train_examples: int | None = None,
@@ -251,6 +254,7 @@ class RecDataModule(L.LightningDataModule):
             terminator=self.hparams.terminator, max_prompt_tokens=self.hparams.max_prompt_tokens,
             context_tokens=self._context[0], reserve_tokens=self._context[1],
             text_only=self.hparams.text_only, hybrid_probability=self._hybrid_probability,
+            pad_to_multiple_of=self.hparams.pad_to_multiple_of if mode == "train" else 1,
         )
 
     def _resume_offset(self) -> int:

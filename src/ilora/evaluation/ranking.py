@@ -42,16 +42,20 @@ def _token_logprobs(head: nn.Module, hidden: Tensor, targets: Tensor, chunk: int
     return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
 
 
-def _pack_segments(seg_mask: Tensor) -> tuple[Tensor, Tensor]:
+def _pack_segments(seg_mask: Tensor, multiple: int = 1) -> tuple[Tensor, Tensor]:
     """Where each packed token comes from: `order` [B, M] (index into the flattened C*L' grid; real tokens
-    first, in segment order) and `valid` [B, M] (False for row padding); M = most real tokens of a user.
+    first, in segment order) and `valid` [B, M] (False for row padding); M = most real tokens of a user, rounded
+    up to `multiple` (a compiled step then sees few shapes).
 
     seg_mask [B, C, L'] (1 = real token).
     """
     flat = seg_mask.reshape(seg_mask.shape[0], -1).bool()  # [B, C*L']
     counts = flat.sum(-1)
     width = max(int(counts.max()), 1) if counts.numel() else 1
+    width = -(-width // multiple) * multiple
     order = torch.sort((~flat).to(torch.int8), dim=-1, stable=True).indices[:, :width]  # [B, M]
+    if order.shape[1] < width:  # rounding went past the grid: extra columns are padding (valid is False there)
+        order = torch.cat([order, order.new_zeros(order.shape[0], width - order.shape[1])], dim=1)
     valid = torch.arange(width, device=flat.device)[None] < counts[:, None]
     return order, valid
 
@@ -167,7 +171,8 @@ TRAIN_METHODS = ("split", "joint")
 
 
 def candidate_token_logprobs(model: nn.Module, *, inputs_embeds: Tensor, attention_mask: Tensor,
-                             cand_input_ids: Tensor, cand_attention_mask: Tensor, method: str = "split") -> Tensor:
+                             cand_input_ids: Tensor, cand_attention_mask: Tensor, method: str = "split",
+                             pad_to: int = 1) -> Tensor:
     """Per-token log-likelihoods `[B, C, L]` of every candidate segment after its prompt, with gradients.
 
     The training side of `score_candidates`, in the same packed layout (the real tokens of the C segments packed
@@ -193,7 +198,7 @@ def candidate_token_logprobs(model: nn.Module, *, inputs_embeds: Tensor, attenti
     rows = torch.arange(B, device=device)
 
     if L > 1:
-        order, valid = _pack_segments(cand_mask[:, :, :-1])  # [B, M]
+        order, valid = _pack_segments(cand_mask[:, :, :-1], pad_to)  # [B, M]
         seg, off = order // (L - 1), order % (L - 1)
         packed_ids = cand_ids[:, :, :-1].reshape(B, -1).gather(1, order)
     else:
