@@ -32,7 +32,7 @@ from ilora.adapters.gates import gate_entropy, load_balancing_loss
 from ilora.compiled import compile_blocks
 from ilora.errors import CheckpointError, ConfigError, IloraError
 from ilora.evaluation.generation import generate_answers, generation_metrics, parse_choice
-from ilora.evaluation.ranking import candidate_token_logprobs, score_candidates
+from ilora.evaluation.ranking import TRAIN_METHODS, candidate_token_logprobs, score_candidates
 from ilora.metrics import cluster_bootstrap_ci, per_example_hits, ranking_metrics
 from ilora.projector import ItemProjector
 from ilora.state import check_state_fits
@@ -75,6 +75,8 @@ class Recommender(pl.LightningModule):
             `seed_everything` sets); each training micro-batch's masks are a function of it, the optimiser step
             and the batch index, so a resumed run replays them exactly.
         compile: `torch.compile` each decoder block's training forward (`ilora.compiled`); evaluation stays eager.
+        rank_method: how the rank losses run the candidate pass (`candidate_token_logprobs`: `split`, prompt then
+            candidates on its KV cache; `joint`, one pass under a dense mask, no cache).
         pad_to_multiple_of: the packed candidate rows of the rank losses are padded to a multiple of this (the
             DataModule pads the prompts likewise), so a compiled step meets few shapes.
     """
@@ -99,6 +101,8 @@ class Recommender(pl.LightningModule):
         dropout_seed: int | None = None,
         compile: bool = False,
         pad_to_multiple_of: int = 1,
+        rank_method: str = "split",
+        compile_dynamic: bool | None = False,
     ) -> None:
         super().__init__()
         if loss not in LOSSES:
@@ -115,7 +119,10 @@ class Recommender(pl.LightningModule):
         self.num_experts = self._apply_adapter(self.adapter_cfg)
         self.gate = self._build_gate(gate) if self.num_experts > 1 else None
         self.pad_to_multiple_of = int(pad_to_multiple_of)
-        self.compiled_blocks = compile_blocks(self.backbone) if compile else 0
+        if rank_method not in TRAIN_METHODS:
+            raise ConfigError(f"model.rank_method={rank_method!r} is not one of {', '.join(TRAIN_METHODS)}")
+        self.rank_method = rank_method
+        self.compiled_blocks = compile_blocks(self.backbone, dynamic=compile_dynamic) if compile else 0
         self.projector = ItemProjector(in_dim=encoder.hidden_dim, out_dim=backbone.config.hidden_size)
         if self.num_experts == 0:  # adapter=none: the zero-shot frozen LLM trains nothing, not even the projector
             self.projector.requires_grad_(False)
@@ -195,8 +202,8 @@ class Recommender(pl.LightningModule):
     def answer_loss(self, batch: Mapping[str, Tensor], embeds: Tensor, gate: Tensor | None) -> Tensor:
         """Cross-entropy on the answer tokens only; the LM head runs on those positions alone."""
         with self.gated(gate):
-            hidden = self.backbone.base_model(
-                inputs_embeds=embeds, attention_mask=causal_mask_or_none(batch["attention_mask"])
+            hidden = self.backbone.base_model(  # no KV cache: training needs none (and it pins a compiled block)
+                inputs_embeds=embeds, attention_mask=causal_mask_or_none(batch["attention_mask"]), use_cache=False,
             ).last_hidden_state  # [B, T, D]
         targets = batch["labels"][:, 1:]  # position t predicts token t + 1
         mask = targets != -100
@@ -245,7 +252,7 @@ class Recommender(pl.LightningModule):
             token_lp = candidate_token_logprobs(
                 self.backbone, inputs_embeds=embeds, attention_mask=batch["attention_mask"],
                 cand_input_ids=batch["cand_input_ids"], cand_attention_mask=batch["cand_attention_mask"],
-                pad_to=self.pad_to_multiple_of,
+                method=self.rank_method, pad_to=self.pad_to_multiple_of,
             )  # [B, C, L]
         lengths = batch["cand_attention_mask"].sum(-1)  # [B, C]
         scores = token_lp.sum(-1)
@@ -290,7 +297,7 @@ class Recommender(pl.LightningModule):
         losses, self._step_losses = self._step_losses, []
         if not losses:
             return
-        stacked = torch.stack([l.float() for l in losses])
+        stacked = torch.stack([loss.float() for loss in losses])
         finite = torch.isfinite(stacked)
         if not bool(finite.all()):
             bad = stacked[~finite][0].item()

@@ -27,6 +27,10 @@ INFO = (
     "frozen_params", "matmul_params",
     "prefill_s", "rank_s", "eval_users", "ckpt_bytes", "resume_ckpt_ratio", "resume_ckpt_bytes", "backbone_bytes",
     "train_run_s", "rank_step_ratio", "rank_token_ratio", "rank_step_s", "answer_step_s",
+    "train_setup", "train_setup_study", "train_compile_s", "train_compile_s_study", "train_examples_per_s_with_compile",
+    "train_examples_per_s_with_compile_study", "train_examples_per_s_baseline", "train_examples_per_s_study_baseline",
+    "train_setup_baseline", "train_setup_study_baseline", "train_speedup", "train_speedup_study",
+    "graphs", "graph_breaks",
 )
 
 
@@ -64,3 +68,18 @@ def write(out_dir: str | Path, results: Mapping[str, Any]) -> tuple[Path, Path]:
     json_path.write_text(json.dumps(results, indent=2, sort_keys=True, default=str) + "\n")
     md_path.write_text(markdown(results))
     return json_path, md_path
+
+
+def micro_batch_markdown(rows: list[Mapping[str, Any]]) -> str:
+    """The micro-batch table: one row per (recipe, micro-batch, eager/compiled)."""
+    lines = ["| recipe | micro-batch x accumulation | step | examples/s | with compile | compile s | peak RSS GB |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        acc = max(8 // int(r["micro_batch"]), 1)
+        mode = "compiled" if r["compiled"] else "eager"
+        if "error" in r:
+            lines.append(f"| {r['recipe']} | {r['micro_batch']} x {acc} | {mode} | failed: {r['error']} | | | |")
+            continue
+        lines.append(f"| {r['recipe']} | {r['micro_batch']} x {acc} | {mode} | {r['examples_per_s']:.2f} | "
+                     f"{r['examples_per_s_with_compile']:.2f} | {r['compile_s']:.0f} | {r['peak_rss_gb']:.2f} |")
+    return "\n".join(lines) + "\n"

@@ -50,7 +50,8 @@ def _autocast(lm: nn.Module, dtype: torch.dtype | None):
 def answer_loss(lm: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     """The recommender's loss: decoder on [B, T], head only where labels != -100 (answer positions)."""
     embeds = lm.get_input_embeddings()(batch["input_ids"])  # [B, T, D]
-    hidden = lm.get_decoder()(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).last_hidden_state
+    hidden = lm.get_decoder()(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
+                              use_cache=False).last_hidden_state
     targets = batch["labels"][:, 1:]
     mask = targets != -100
     logits = lm.get_output_embeddings()(hidden[:, :-1][mask])  # [N_answer, V]

@@ -67,7 +67,66 @@ def _training_setup(overrides: list[str], run_dir: Path) -> dict[str, Any]:
             epoch += 1
 
     return {"model": parts["model"], "batches": batches(), "precision": str(cfg.trainer.precision),
-            "accumulate": int(cfg.trainer.accumulate_grad_batches)}
+            "accumulate": int(cfg.trainer.accumulate_grad_batches), "batch_size": int(cfg.data.batch_size)}
+
+
+# today's (before issue 22) eager path: no compile, the split rank pass, micro-batches of 2 (default) and 4 (study)
+BASELINE = {
+    "": ["model.compile=false", "model.rank_method=split", "data.batch_size=2", "trainer.accumulate_grad_batches=4"],
+    "_study": ["model.compile=false", "model.rank_method=split", "data.batch_size=4",
+               "trainer.accumulate_grad_batches=2"],
+}
+
+
+def _setup_summary(train: dict[str, Any]) -> str:
+    model = train["model"]
+    compiled = f"compiled ({model.compiled_blocks} blocks)" if model.compiled_blocks else "eager"
+    return (f"{compiled}, micro-batch {train['batch_size']} x {train['accumulate']}, rank pass {model.rank_method}, "
+            f"{train['precision']}")
+
+
+def measure_case(overrides: list[str], run_dir: str, examples: int) -> dict[str, Any]:
+    """One throughput measurement in this process (the micro-batch table runs each case in a child process, so
+    that its peak RSS is its own)."""
+    import resource
+
+    from ilora.bench.throughput import train_throughput
+    from ilora.compiled import compile_stats
+
+    train = _training_setup(overrides, Path(run_dir))
+    measured = train_throughput(train["model"], train["batches"], precision=train["precision"],
+                                accumulate=train["accumulate"], examples=examples)
+    return {**measured, **compile_stats(), "setup": _setup_summary(train),
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
+
+
+def micro_batch_table(overrides: list[str], run_dir: Path, *, sizes: list[int], examples: int,
+                      threads: int | None) -> list[dict[str, Any]]:
+    """Examples/s and peak RSS at each micro-batch size, eager and compiled, for both recipes (8 examples per
+    optimiser step where the size divides 8)."""
+    import json
+    import subprocess
+    import sys
+
+    rows = []
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    for recipe, extra in (("default", []), ("study", ["experiment=study"])):
+        for size in sizes:
+            for compiled in (False, True):
+                case = [*extra, *overrides, f"data.batch_size={size}",
+                        f"trainer.accumulate_grad_batches={max(8 // size, 1)}", f"model.compile={str(compiled).lower()}"]
+                code = ("import json, sys; from ilora.cli.bench import measure_case; "
+                        f"print('RESULT ' + json.dumps(measure_case({case!r}, {str(run_dir)!r}, {max(examples, size)})))")
+                done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+                line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
+                row = {"recipe": recipe, "micro_batch": size, "compiled": compiled}
+                if done.returncode or not line:
+                    row["error"] = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
+                else:
+                    row.update(json.loads(line[0][len("RESULT "):]))
+                print(f"[bench] {row}", flush=True)
+                rows.append(row)
+    return rows
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -82,6 +141,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from ilora.bench.timing import machine
     from ilora.checkpoints import read_checkpoint
     from ilora.cli.components import build_all, build_backbone
+    from ilora.compiled import compile_stats
 
     out_dir = Path(args.out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -149,22 +209,41 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print("[bench] training throughput: the default config and the study's recipe", flush=True)
     examples = 4 if args.dry_run else args.train_examples
     for suffix, extra in (("", []), ("_study", ["experiment=study"])):
-        train = _training_setup([*extra, *overrides], run_dir)
-        measured = train_throughput(train["model"], train["batches"], precision=train["precision"],
-                                    accumulate=train["accumulate"], examples=examples)
-        results[f"train_examples_per_s{suffix}"] = measured["examples_per_s"]
-        results[f"train_padding_share{suffix}"] = measured["padding_share"]
-        results[f"train_tokens_per_example{suffix}"] = measured["tokens_per_example"]
-        if args.profile:
-            text, top = profile_step(train["model"], train["batches"],
-                                     precision=train["precision"], accumulate=train["accumulate"],
-                                     micro_batches=2 if args.dry_run else args.profile_micro_batches)
-            name = f"profile_train_step{suffix or '_default'}.txt"
-            (out_dir / name).write_text(f"{results['machine'].get('cpu')}, precision {train['precision']}, "
-                                        f"{torch.get_num_threads()} threads\n{text}\n")
-            results[f"profile{suffix or '_default'}_top"] = top[:12]
-            print(text, flush=True)
-        del train
+        sides = [("", [])]
+        if args.baseline:  # the eager path at the earlier micro-batch sizes, in the same process, measured first
+            sides.insert(0, ("_baseline", [*BASELINE[suffix]]))
+        for side, side_overrides in sides:
+            train = _training_setup([*extra, *overrides, *side_overrides], run_dir)
+            measured = train_throughput(train["model"], train["batches"], precision=train["precision"],
+                                        accumulate=train["accumulate"], examples=examples)
+            key = f"{suffix}{side}"
+            results[f"train_examples_per_s{key}"] = measured["examples_per_s"]
+            results[f"train_examples_per_s_with_compile{key}"] = measured["examples_per_s_with_compile"]
+            results[f"train_compile_s{key}"] = measured["compile_s"] + measured["warmup_s"] * bool(
+                train["model"].compiled_blocks)
+            results[f"train_padding_share{key}"] = measured["padding_share"]
+            results[f"train_tokens_per_example{key}"] = measured["tokens_per_example"]
+            results[f"train_setup{key}"] = _setup_summary(train)
+            if args.profile and not side:
+                text, top = profile_step(train["model"], train["batches"],
+                                         precision=train["precision"], accumulate=train["accumulate"],
+                                         micro_batches=2 if args.dry_run else args.profile_micro_batches)
+                name = f"profile_train_step{suffix or '_default'}.txt"
+                (out_dir / name).write_text(f"{results['machine'].get('cpu')}, precision {train['precision']}, "
+                                            f"{torch.get_num_threads()} threads\n{text}\n")
+                results[f"profile{suffix or '_default'}_top"] = top[:12]
+                print(text, flush=True)
+            del train
+        if args.baseline:
+            results[f"train_speedup{suffix}"] = (results[f"train_examples_per_s{suffix}"]
+                                                 / results[f"train_examples_per_s{suffix}_baseline"])
+    results.update(compile_stats())
+    if args.micro_batch_table:
+        print("[bench] micro-batch table (one child process per case)", flush=True)
+        results["micro_batch_table"] = micro_batch_table(
+            overrides, run_dir, sizes=[int(x) for x in args.micro_batch_table.split(",")],
+            examples=examples, threads=args.threads)
+        (out_dir / "micro_batches.md").write_text(report.micro_batch_markdown(results["micro_batch_table"]))
     results["bench_s"] = time.perf_counter() - started
     results["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     results["targets_met"] = {k: report.holds(k, results[k]) for k in report.TARGETS if k in results}
@@ -183,11 +262,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads here and OMP_NUM_THREADS in the training child (default: torch's, "
                         "or 1 for --dry-run or when the 1-min load average >= the core count)")
-    p.add_argument("--train-examples", type=int, default=16,
+    p.add_argument("--train-examples", type=int, default=32,
                    help="training examples timed per config (default config, study recipe) after a warm-up step")
     p.add_argument("--profile", action="store_true",
                    help="also write torch.profiler's top operators of both configs' training steps")
     p.add_argument("--profile-micro-batches", type=int, default=4)
+    p.add_argument("--baseline", action="store_true",
+                   help="also time the eager path at the earlier micro-batch sizes (2 x 4 default, 4 x 2 study) in the "
+                        "same process, and write train_speedup[_study]")
+    p.add_argument("--micro-batch-table", default=None, metavar="SIZES",
+                   help="e.g. 2,4,8,16: examples/s and peak RSS per micro-batch size, eager and compiled, both recipes")
     p.add_argument("--step-repeats", type=int, default=2)
     p.add_argument("--layer-repeats", type=int, default=20)
     p.add_argument("overrides", nargs="*", help="Hydra overrides of the train config (e.g. data=lastfm)")

@@ -72,14 +72,31 @@ def build_datamodule(cfg: DictConfig):
     return hydra.utils.instantiate(cfg.data, train_layout=layout, pad_to_multiple_of=pad_multiple(cfg))
 
 
+def compiles(cfg: DictConfig) -> bool:
+    """`model.compile`: true, false or auto (on where `make bench` measured it faster: bf16 autocast on a CPU)."""
+    value = OmegaConf.select(cfg, "model.compile", default=False)
+    if value == "auto":
+        accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="cpu"))
+        return accelerator == "cpu" and str(OmegaConf.select(cfg, "trainer.precision", default="")).startswith("bf16")
+    if not isinstance(value, bool):
+        raise ConfigError(f"model.compile={value!r} must be true, false or auto")
+    return value
+
+
 def pad_multiple(cfg: DictConfig) -> int:
-    """Training batches' padding multiple: `model.pad_to_multiple_of` for a compiled step (few shapes), else 1."""
-    if not OmegaConf.select(cfg, "model.compile", default=False):
+    """Training batches' padding multiple: `model.pad_to_multiple_of` for a compiled step with static shapes, else 1."""
+    if not compiles(cfg) or OmegaConf.select(cfg, "model.compile_dynamic", default=True) is not False:
         return 1
     multiple = int(OmegaConf.select(cfg, "model.pad_to_multiple_of", default=64))
     if multiple < 1:
         raise ConfigError(f"model.pad_to_multiple_of={multiple} must be >= 1")
     return multiple
+
+
+def rank_method(cfg: DictConfig) -> str:
+    """`model.rank_method`; auto = joint when compiled (one graph: no KV cache in the block), else split."""
+    method = str(OmegaConf.select(cfg, "model.rank_method", default="auto"))
+    return ("joint" if compiles(cfg) else "split") if method == "auto" else method
 
 
 def is_zero_shot(cfg: DictConfig) -> bool:
@@ -132,8 +149,10 @@ def build_model(cfg: DictConfig, *, backbone, tokenizer, encoder, num_train_exam
         loss=str(model_cfg.get("loss", "answer")),
         rank_weight=float(model_cfg.get("rank_weight", 1.0)),
         dropout_seed=int(cfg.get("seed", 0)),
-        compile=bool(model_cfg.get("compile", False)),
+        compile=compiles(cfg),
         pad_to_multiple_of=pad_multiple(cfg),
+        rank_method=rank_method(cfg),
+        compile_dynamic=model_cfg.get("compile_dynamic", True),
     )
 
 

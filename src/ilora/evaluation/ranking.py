@@ -235,7 +235,8 @@ def candidate_token_logprobs(model: nn.Module, *, inputs_embeds: Tensor, attenti
         embeds = torch.cat([inputs_embeds, packed_embeds], dim=1)
         positions = torch.cat([prompt_position_ids(attention_mask), start[:, None] + off], dim=1)
         mask = torch.where(allowed, torch.zeros((), dtype=dtype, device=device), torch.finfo(dtype).min)
-        hidden = decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
+        hidden = decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                         use_cache=False).last_hidden_state
         last, cand_hidden = hidden[:, T - 1], hidden[:, T:]
 
     first = F.log_softmax(head(last).float(), dim=-1)  # [B, V]: every segment's first token
