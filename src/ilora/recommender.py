@@ -223,20 +223,10 @@ class Recommender(pl.LightningModule):
     def note_truncated(self, stage: str, batch: Mapping[str, Any]) -> None:
         """Remember which examples of `stage` had history items dropped to fit the prompt limit."""
         seen = self._truncated.setdefault(stage, set())
-        if "truncated" in batch:
+        if "truncated_index" in batch:  # a host-side list: no device sync per micro-batch
+            seen.update(batch["truncated_index"])
+        elif "truncated" in batch:
             seen.update(batch["index"][batch["truncated"]].tolist())
-
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Truncation bookkeeping while the batch is still on the host (no device sync on the hot path)."""
-        trainer = self._trainer
-        if trainer is not None and isinstance(batch, Mapping):
-            if trainer.training:
-                self.note_truncated("train", batch)
-            elif trainer.sanity_checking or trainer.validating:
-                self.note_truncated("val", batch)
-            elif trainer.testing:
-                self.note_truncated("test", batch)
-        return batch
 
     def truncated_counts(self) -> dict[str, int]:
         """Distinct examples per stage whose prompt was shortened at least once (this process's share under DDP)."""
@@ -274,6 +264,7 @@ class Recommender(pl.LightningModule):
         return rank if self.loss_kind == "rank" else answer + self.rank_weight * rank
 
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+        self.note_truncated("train", batch)
         masks = dropout_masks(self.backbone)
         if masks is not None:  # this micro-batch's dropout masks: a function of (seed, step, batch), not of history
             masks.at(self.global_step, batch_idx)
@@ -339,9 +330,11 @@ class Recommender(pl.LightningModule):
 
     # ----------------------------------------------------------------- evaluation
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self.note_truncated("val", batch)
         self._eval_records.extend(self.evaluate_batch(batch, generate=bool(self.eval_cfg["generate_on_val"])))
 
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self.note_truncated("test", batch)
         self._eval_records.extend(self.evaluate_batch(batch))
 
     @torch.no_grad()

@@ -34,7 +34,8 @@ def test_ilora_bench_dry_run(tmp_path, monkeypatch):
     from ilora.cli.bench import bench
 
     monkeypatch.setenv("ILORA_CACHE", str(ROOT / ".cache"))  # the shared SmolLM2 tokenizer copy
-    results = bench(["--dry-run", "--out", str(tmp_path), "--users", "4", "--profile"])
+    results = bench(["--dry-run", "--out", str(tmp_path), "--users", "4", "--profile", "--baseline",
+                     "--micro-batch-table", "2"])
     stored = json.loads((tmp_path / "bench.json").read_text())
     for key in KEYS:
         assert key in stored, key
@@ -58,6 +59,22 @@ def test_ilora_bench_dry_run(tmp_path, monkeypatch):
     assert stored["train_tokens_per_example_study"] > stored["train_tokens_per_example"]
     assert stored["eval_users_per_s"] > 0 and 0 <= stored["eval_padding_share"] < 1
     assert isinstance(results["machine"]["avx512_bf16"], bool)
+    # --baseline: today's eager path at the earlier micro-batch sizes, timed in the same process
+    assert stored["train_setup_baseline"].startswith("eager, micro-batch 2 x 4, rank pass split")
+    assert stored["train_setup_study_baseline"].startswith("eager, micro-batch 4 x 2, rank pass split")
+    for suffix in ("", "_study"):
+        assert stored[f"train_speedup{suffix}"] == (stored[f"train_examples_per_s{suffix}"]
+                                                    / stored[f"train_examples_per_s{suffix}_baseline"])
+    # --micro-batch-table: one child per (recipe, size, eager/compiled); the compiled ones on the tiny backbone
+    rows = stored["micro_batch_table"]
+    assert [(r["recipe"], r["micro_batch"], r["compiled"]) for r in rows] == [
+        ("default", 2, False), ("default", 2, True), ("study", 2, False), ("study", 2, True)]
+    for row in rows:
+        assert "error" not in row, row
+        assert row["examples_per_s"] > 0 and row["peak_rss_gb"] > 0
+        assert row["setup"].startswith("compiled" if row["compiled"] else "eager")
+        assert row["graph_breaks"] == 0 and (row["graphs"] >= 1) == row["compiled"]
+    assert "| study | 2 x 4 | compiled |" in (tmp_path / "micro_batches.md").read_text()
     assert "| `layer_ratio` |" in (tmp_path / "bench.md").read_text()
     assert results["machine"]["loadavg"]
 

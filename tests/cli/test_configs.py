@@ -68,6 +68,10 @@ def test_paper_config_names_the_missing_backbone_path(compose_cfg, tmp_path, mon
     (["adapter.num_experts=3"], "adapter.num_experts=3 does not divide adapter.rank=8"),
     (["adapter.num_experts=0"], "adapter.num_experts=0 must be >= 1"),
     (["trainer=gpu"], "no CUDA GPU is visible"),
+    (["model.compile=sometimes"], "model.compile='sometimes' must be true, false or auto"),
+    (["model.compile=true", "model.compile_dynamic=false", "model.pad_to_multiple_of=0"],
+     "model.pad_to_multiple_of=0 must be >= 1"),
+    (["model.rank_method=dense"], "model.rank_method='dense' is not one of split, joint, auto"),
 ])
 def test_impossible_configs_fail_before_loading_anything(overrides, message, compose_cfg, tmp_path):
     if "trainer=gpu" in overrides and torch.cuda.is_available():
@@ -75,3 +79,18 @@ def test_impossible_configs_fail_before_loading_anything(overrides, message, com
     cfg = compose_cfg("train", overrides, tmp_path / "run")
     with pytest.raises(ConfigError, match=message):
         validate_config(cfg)
+
+
+@pytest.mark.parametrize(("overrides", "compiled", "method", "multiple"), [
+    (["trainer.precision=bf16-mixed"], True, "joint", 1),  # auto: on with bf16 autocast on a CPU
+    (["trainer.precision=32-true"], False, "split", 1),  # auto: off in fp32 (not measured faster there)
+    (["trainer.precision=bf16-mixed", "model.compile=false"], False, "split", 1),
+    (["trainer.precision=32-true", "model.compile=true", "model.compile_dynamic=false"], True, "joint", 64),
+    (["trainer.precision=bf16-mixed", "model.rank_method=split"], True, "split", 1),
+])
+def test_compile_auto_and_what_follows_from_it(overrides, compiled, method, multiple, compose_cfg, tmp_path):
+    from ilora.cli.components import compiles, pad_multiple, rank_method
+
+    cfg = compose_cfg("train", overrides, tmp_path / "run")
+    validate_config(cfg)
+    assert (compiles(cfg), rank_method(cfg), pad_multiple(cfg)) == (compiled, method, multiple)

@@ -34,6 +34,7 @@ def test_smollm2_trains_one_step_and_ranks_four_users(compose_cfg, shared_cache,
             "encoder.hidden_dim=16",
             "encoder.train.max_epochs=1",
             "model.evaluation.max_new_tokens=24",
+            "model.compile=false",  # compilation runs in the suite on the tiny backbone only (tests/adapters)
         ],
         tmp_path / "run",
     )

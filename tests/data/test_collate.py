@@ -164,3 +164,21 @@ def test_pad_sequences_left_and_right():
     assert ids.tolist() == [[1, 2, 3], [0, 0, 4]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
     ids, mask = pad_sequences([[1, 2, 3], [4]], 9, left=False)
     assert ids.tolist() == [[1, 2, 3], [4, 9, 9]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+@pytest.mark.parametrize("layout", ["answer", "prompt"])
+def test_pad_to_multiple_of_adds_only_padding(tok, layout):
+    """A compiled step's batches: width rounded up to the multiple, the same real tokens, slots and labels."""
+    plain = collator(tok, layout=layout)(examples())
+    padded = collator(tok, layout=layout, pad_to_multiple_of=64)(examples())
+    width = padded["input_ids"].shape[1]
+    assert width % 64 == 0 and plain["input_ids"].shape[1] < width < plain["input_ids"].shape[1] + 64
+    for b in range(2):
+        real = padded["attention_mask"][b] == 1
+        assert torch.equal(padded["input_ids"][b][real], plain["input_ids"][b][plain["attention_mask"][b] == 1])
+        assert torch.equal(padded["input_ids"][b, padded["slot_pos"][padded["slot_batch"] == b]],
+                           plain["input_ids"][b, plain["slot_pos"][plain["slot_batch"] == b]])
+    if layout == "answer":
+        assert torch.equal(padded["labels"][padded["labels"] != IGNORE_INDEX], plain["labels"][plain["labels"] != IGNORE_INDEX])
+    with pytest.raises(ConfigError, match="pad_to_multiple_of=0 must be >= 1"):
+        collator(tok, pad_to_multiple_of=0)

@@ -51,9 +51,10 @@ def reference_scores(model, prompts, cands, gate):
     return torch.stack(rows)
 
 
+@pytest.mark.parametrize("pad_to", [1, 16])  # packed rows padded to a multiple of 16 tokens: the same numbers
 @pytest.mark.parametrize("method", ["split", "joint"])
 @pytest.mark.parametrize("normalize", [False, True])
-def test_rank_loss_and_its_gradients_equal_separate_full_forwards(gated, pad, normalize, method):
+def test_rank_loss_and_its_gradients_equal_separate_full_forwards(gated, pad, normalize, method, pad_to):
     model, tok = gated
     ids, mask, cand_ids, cand_mask, prompts, cands = _case(model, tok, pad)
     gate = torch.softmax(torch.randn(3, 2, generator=torch.Generator().manual_seed(0)), -1)
@@ -67,7 +68,7 @@ def test_rank_loss_and_its_gradients_equal_separate_full_forwards(gated, pad, no
     with gate_context(model, gate):
         token_lp = candidate_token_logprobs(model, inputs_embeds=model.get_input_embeddings()(ids),
                                             attention_mask=mask, cand_input_ids=cand_ids,
-                                            cand_attention_mask=cand_mask, method=method)
+                                            cand_attention_mask=cand_mask, method=method, pad_to=pad_to)
     packed = loss_of(token_lp.sum(-1))
     grads = torch.autograd.grad(packed, params)
     reference = reference_scores(model, prompts, cands, gate)

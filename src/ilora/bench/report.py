@@ -15,7 +15,7 @@ TARGETS: dict[str, tuple[str, float, str]] = {
     "flop_utilisation": (">=", 0.6, "4 x frozen backbone params x tokens/s / matmul peak measured in the same loop"),
     "rank_cost_vs_prefill": ("<=", 1.25, "ranking (prompt + 20 candidates) / prompt prefill alone"),
     "rank_step_vs_tokens": ("<=", 1.25, "rank-loss step / answer-loss step (same users), over their token ratio"),
-    "peak_rss_gb": ("<=", 3.0, "peak resident memory of a short ilora-train run (GB)"),
+    "peak_rss_gb": ("<=", 8.0, "peak resident memory of a short ilora-train run (GB; issue 22: fastest within 8)"),
     "ckpt_ratio": ("<=", 0.05, "model checkpoint (best-*.ckpt: adapters, projector, gate) / backbone size"),
 }
 INFO = (
@@ -72,8 +72,8 @@ def write(out_dir: str | Path, results: Mapping[str, Any]) -> tuple[Path, Path]:
 
 def micro_batch_markdown(rows: list[Mapping[str, Any]]) -> str:
     """The micro-batch table: one row per (recipe, micro-batch, eager/compiled)."""
-    lines = ["| recipe | micro-batch x accumulation | step | examples/s | with compile | compile s | peak RSS GB |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| recipe | micro-batch x accumulation | step | examples/s | first optimiser step s (compile included) | "
+             "later recompile s | peak RSS GB |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         acc = max(8 // int(r["micro_batch"]), 1)
         mode = "compiled" if r["compiled"] else "eager"
@@ -81,5 +81,5 @@ def micro_batch_markdown(rows: list[Mapping[str, Any]]) -> str:
             lines.append(f"| {r['recipe']} | {r['micro_batch']} x {acc} | {mode} | failed: {r['error']} | | | |")
             continue
         lines.append(f"| {r['recipe']} | {r['micro_batch']} x {acc} | {mode} | {r['examples_per_s']:.2f} | "
-                     f"{r['examples_per_s_with_compile']:.2f} | {r['compile_s']:.0f} | {r['peak_rss_gb']:.2f} |")
+                     f"{r['warmup_s']:.1f} | {r['compile_s']:.0f} | {r['peak_rss_gb']:.2f} |")
     return "\n".join(lines) + "\n"

@@ -43,6 +43,12 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"backbone.path={shown} is not a local model directory (e.g. backbone.path=/models/Llama-2-7b-hf)")
     if OmegaConf.select(cfg, "ckpt_path") not in (None, "last") and not Path(cfg.ckpt_path).is_file():
         raise ConfigError(f"ckpt_path={cfg.ckpt_path} does not exist")
+    pad_multiple(cfg)  # model.compile and model.pad_to_multiple_of
+    method = rank_method(cfg)
+    if method not in ("split", "joint"):
+        raise ConfigError(f"model.rank_method={method!r} is not one of split, joint, auto")
+    if OmegaConf.select(cfg, "model.compile_dynamic", default=True) not in (True, False, None):
+        raise ConfigError("model.compile_dynamic must be true, false or null (dynamo's automatic choice)")
 
 
 def encoder_data(cfg: DictConfig) -> tuple[str, str]:

@@ -225,6 +225,7 @@ class PromptCollator:
         batch.update(self._item_keys(histories, cands, target, index))
         batch["hybrid"] = hybrid
         batch["truncated"] = torch.tensor(truncated, dtype=torch.bool)
+        batch["truncated_index"] = [int(i) for i, t in zip(index.tolist(), truncated) if t]  # stays on the host
         batch["user"] = self.user_ids(examples)
         return batch
 
