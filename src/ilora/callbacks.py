@@ -9,7 +9,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -123,6 +123,36 @@ class WandbRunId(Callback):
             checkpoint["wandb_run_id"] = str(loggers[0].version)
 
 
+class BestCheckpoint(ModelCheckpoint):
+    """Lightning's `ModelCheckpoint` whose best-checkpoint choice survives a resume into a new run directory.
+
+    A resumed run writes beside the original (never into it), and Lightning reloads `best_model_score` only when
+    the dirpath is unchanged: the first validation after a resume became "best" whatever its score, and
+    `test_ckpt=best` tested the best since the resume. Here the score, path and top-k set are carried over from the
+    checkpoint whatever the dirpath (when the best file still exists), and a file outside this run's own directory
+    is never deleted when a better one replaces it: the original run keeps its files.
+    """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        previous = state_dict.get("dirpath", self.dirpath)
+        if previous == self.dirpath or not state_dict.get("best_model_path"):
+            super().load_state_dict(state_dict)
+            return
+        self.best_model_path = state_dict["best_model_path"]
+        if not os.path.isfile(self.best_model_path):  # moved or deleted: nothing to compare against
+            return
+        self.best_model_score = state_dict["best_model_score"]
+        self.best_k_models = {k: v for k, v in (state_dict.get("best_k_models") or {}).items() if os.path.isfile(k)}
+        self.kth_best_model_path = state_dict.get("kth_best_model_path", self.kth_best_model_path)
+        self.kth_value = state_dict.get("kth_value", self.kth_value)
+
+    def _remove_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        own = os.path.abspath(str(self.dirpath)) if self.dirpath else None
+        if own is not None and os.path.dirname(os.path.abspath(filepath)) != own:
+            return  # an earlier run's file (carried over on resume): it stays
+        super()._remove_checkpoint(trainer, filepath)
+
+
 class LastCheckpointOnStop(Callback):
     """Keep `<dirpath>/<filename>.ckpt` (default `last.ckpt`) current whenever fit stops: at its end and on SIGTERM.
 
@@ -134,11 +164,17 @@ class LastCheckpointOnStop(Callback):
     connector raises `SIGTERMException` at the end of the current batch; `on_exception` saves there
     (through the trainer's CheckpointIO, so atomically). Other exceptions save nothing: the last periodic
     checkpoint stays the last good one.
+
+    A SIGTERM in the middle of a gradient-accumulation window is held until the window's last micro-batch (at most
+    `accumulate_grad_batches - 1` more): the gradients accumulated so far are not in a checkpoint, so a save
+    mid-window would resume with a partial gradient. Saved at the optimiser-step boundary, the resumed run replays
+    the uninterrupted one exactly (the dropout masks are keyed by step and batch, tested).
     """
 
     def __init__(self, *, dirpath: str, filename: str = "last") -> None:
         self.path = os.path.join(dirpath, f"{filename}.ckpt")
         self._saved_step = -1
+        self._held_sigterm = False
 
     def _save(self, trainer: pl.Trainer) -> None:
         if trainer.global_step > 0 and trainer.global_step != self._saved_step:
@@ -148,6 +184,14 @@ class LastCheckpointOnStop(Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         if 0 < trainer.max_steps <= trainer.global_step:
             self._save(trainer)
+        signals = getattr(trainer, "_signal_connector", None)
+        if signals is None:
+            return
+        mid_window = trainer.fit_loop.epoch_loop._should_accumulate()
+        if signals.received_sigterm and mid_window:  # Lightning would stop after this micro-batch: not yet
+            signals.received_sigterm, self._held_sigterm = False, True
+        elif self._held_sigterm and not mid_window:  # the window is complete: stop (and save) now
+            signals.received_sigterm, self._held_sigterm = True, False
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._save(trainer)

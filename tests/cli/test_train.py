@@ -175,3 +175,42 @@ def test_validation_every_n_batches_writes_a_learning_curve_that_report_plots(tr
     assert all(r["val/num_examples"] == 3 and 0 <= r["val/rank_hr@1"] <= 1 for r in curve)
     report = build_report([out], out_dir=out / "report")
     assert report.curves_path is not None and report.curves_path.stat().st_size > 0
+
+
+def test_a_resume_keeps_the_best_checkpoint_choice(train_cfg, monkeypatch):
+    """The resumed run writes into a new directory; a worse validation after the resume must not become "best",
+    test_ckpt=best tests the original run's best, and the original's file is never deleted (issue 23)."""
+    import ilora.recommender as rec
+
+    real = rec.summarize
+
+    def scored(value):
+        def fake(records, prefix=""):
+            metrics = real(records, prefix)
+            if prefix == "val/":
+                metrics["val/rank_hr@1"] = value
+            return metrics
+        return fake
+
+    # validations every 2 steps; last.ckpt every 4 (written before that step's validation: it carries step 2's best)
+    common = ["trainer.val_check_interval=2", "callbacks.last_checkpoint.every_n_train_steps=4",
+              "trainer.limit_train_batches=12"]
+    monkeypatch.setattr(rec, "summarize", scored(0.9))
+    first = train_cfg("trainer.max_steps=4", *common, run="first")
+    _, objects = train(first)
+    best = Path(objects["trainer"].checkpoint_callback.best_model_path)
+    assert best.parent == Path(first.paths.output_dir) / "checkpoints" and best.is_file()
+    monkeypatch.setattr(rec, "summarize", scored(0.1))
+    resumed = train_cfg(f"ckpt_path={Path(first.paths.output_dir) / 'checkpoints' / 'last.ckpt'}",
+                        "trainer.max_steps=6", *common, run="resumed")
+    _, objects = train(resumed)
+    callback = objects["trainer"].checkpoint_callback
+    assert Path(callback.best_model_path) == best and float(callback.best_model_score) == pytest.approx(0.9)
+    assert best.is_file() and not list((Path(resumed.paths.output_dir) / "checkpoints").glob("best-*.ckpt"))
+    monkeypatch.setattr(rec, "summarize", scored(0.95))  # a better one after another resume replaces it here only
+    again = train_cfg(f"ckpt_path={Path(resumed.paths.output_dir) / 'checkpoints' / 'last.ckpt'}",
+                      "trainer.max_steps=8", *common, run="again")
+    _, objects = train(again)
+    assert Path(objects["trainer"].checkpoint_callback.best_model_path).parent == (
+        Path(again.paths.output_dir) / "checkpoints")
+    assert best.is_file()  # the first run's file stays

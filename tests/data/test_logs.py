@@ -113,3 +113,56 @@ def test_cli_build_writes_maps_and_counts(tmp_path, capsys):
     pq.write_table(pq.read_table(out / "item_map.parquet").slice(0, 3), out / "item_map.parquet")
     assert main(["check", str(out)]) == 2
     assert "item_map.parquet: 3 rows for 5 items" in capsys.readouterr().err
+
+
+def _dated(frame: pd.DataFrame, when) -> pd.DataFrame:
+    return frame.assign(when=when)
+
+
+@pytest.mark.parametrize("store", ["parquet datetime64[ns]", "parquet datetime64[us]", "parquet tz-aware",
+                                   "jsonl iso", "jsonl epoch", "csv iso"])
+def test_timestamps_are_seconds_since_the_epoch_whatever_the_storage(tmp_path, store):
+    """2024-01-01T10:00:00Z is 1704103200 s whether stored as a datetime column, a string or a number."""
+    events = _events()
+    iso = pd.to_datetime(events["when"], utc=True)
+    seconds = ((iso - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).tolist()
+    assert seconds[0] == 1704103200
+    if store.startswith("parquet"):
+        unit = "us" if "[us]" in store else "ns"
+        when = iso.dt.tz_convert("Europe/Paris") if "tz-aware" in store else iso.dt.tz_localize(None).astype(
+            f"datetime64[{unit}]")
+        path = tmp_path / "events.parquet"
+        _dated(events, when).to_parquet(path)
+    elif store == "jsonl iso":
+        path = tmp_path / "events.jsonl"
+        events.to_json(path, orient="records", lines=True)
+    elif store == "jsonl epoch":
+        path = tmp_path / "events.jsonl"
+        _dated(events, seconds).to_json(path, orient="records", lines=True)
+    else:
+        path = tmp_path / "events.csv"
+        events.to_csv(path, index=False)
+    _catalogue().to_csv(tmp_path / "items.tsv", sep="\t", index=False)
+    out = read_logs(path, tmp_path / "items.tsv", columns=COLUMNS, dedupe="none")
+    got = out.interactions.sort_values("timestamp")["timestamp"].tolist()
+    assert got[0] == 1704103200 - 3600  # u2's 09:00 event is the earliest
+    assert set(got) <= set(seconds)
+
+
+@pytest.mark.parametrize(("flag", "kept", "rule"), [
+    ([], 3, "off (no --min-rating)"),  # an own log keeps every event, 0/1 feedback included
+    (["--min-rating", "1"], 2, "rating >= 1 (--min-rating)"),
+])
+def test_rating_filter_only_when_asked_for_own_logs(tmp_path, capsys, flag, kept, rule):
+    rows = [(f"u{u}", item, f"2024-01-0{d}T00:00:00Z", r) for u in range(10)
+            for item, d, r in (("A17", 1, 1), ("B2", 2, 0), ("7", 3, 1))]
+    pd.DataFrame(rows, columns=["reviewer", "asin", "when", "rating"]).to_csv(tmp_path / "e.csv", index=False)
+    _catalogue().to_csv(tmp_path / "items.tsv", sep="\t", index=False)
+    (tmp_path / "cols.yaml").write_text("user: reviewer\nitem: asin\ntimestamp: when\ntitle: name\n")
+    out = tmp_path / "out"
+    assert main(["build", "--interactions", str(tmp_path / "e.csv"), "--items", str(tmp_path / "items.tsv"),
+                 "--columns", str(tmp_path / "cols.yaml"), "--out", str(out), *flag]) == 0
+    assert f"rating_filter: {rule}" in capsys.readouterr().out
+    data = load_dataset(out)
+    per_user = {len(h) + 1 for split in data.splits.values() for h in split.history}
+    assert max(per_user) == kept

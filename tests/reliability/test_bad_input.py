@@ -228,6 +228,17 @@ CKPT_CASES = {
     "train: other backbone": ("train", "good", ["+backbone.num_hidden_layers=1"],
                               ["trained with backbone.num_hidden_layers=None, this run has 1"]),
     "train: tensors of another shape": ("train", "reshaped", [], ["lora_A has shape (4, 64), the model expects (8, 64)"]),
+    # settings that rescale the saved adapter, or that the replay of the interrupted run depends on (issue 23)
+    "train: other alpha": ("train", "good", ["adapter.alpha=64"], ["trained with adapter.alpha=32, this run has 64"]),
+    "train: other scaling": ("train", "good", ["adapter.scaling=rank"],
+                             ["trained with adapter.scaling='expert', this run has 'rank'"]),
+    "train: other dropout": ("train", "good", ["adapter.dropout=0.2"],
+                             ["trained with adapter.dropout=0.1, this run has 0.2", "must keep it to replay"]),
+    "train: other micro-batch": ("train", "good", ["data.batch_size=2"],
+                                 ["trained with data.batch_size=4, this run has 2", "set data.batch_size=4"]),
+    "train: other accumulation": ("train", "good", ["trainer.accumulate_grad_batches=2"],
+                                  ["trained with trainer.accumulate_grad_batches=1, this run has 2"]),
+    "train: other seed": ("train", "good", ["seed=5"], ["trained with seed=0, this run has 5"]),
     "train: resume from a weights-only best checkpoint": ("train", "best", [],
                                                          ["holds model weights only", "resume from checkpoints/last.ckpt"]),
     "eval: missing": ("eval", "missing", [], ["missing.ckpt does not exist"]),
@@ -235,6 +246,7 @@ CKPT_CASES = {
     "eval: other adapter shape": ("eval", "good", ["+override.adapter.rank=16"],
                                   ["trained with adapter.rank=8, this run has 16"]),
     "eval: tensors of another shape": ("eval", "reshaped", [], ["lora_A has shape (4,"]),
+    "eval: other alpha": ("eval", "good", ["+override.adapter.alpha=8"], ["trained with adapter.alpha=32, this run has 8"]),
 }
 
 

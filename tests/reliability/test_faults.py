@@ -196,3 +196,46 @@ def _prompt(collator, template: int, history: list[int], candidates: list[int]) 
         return out
 
     return collator.prefix + head + items(history) + middle + items(candidates) + tail
+
+
+# SIGTERM to itself in the middle of micro-batch ILORA_TEST_KILL_AT (batch index), once.
+SIGTERM_AT_BATCH = """
+import os, signal
+from ilora.recommender import Recommender as R
+_step, _at = R.training_step, int(os.environ["ILORA_TEST_KILL_AT"])
+def _step_then_term(self, batch, i):
+    out = _step(self, batch, i)
+    if i == _at:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return out
+R.training_step = _step_then_term
+"""
+
+
+def test_sigterm_at_every_position_of_an_accumulation_window_resumes_to_the_same_weights(cli, tiny, tmp_path):
+    """Accumulation over 3 micro-batches, validation between saves: SIGTERM after the first, second or third
+    micro-batch of a window, then a resume, ends with the trainable weights of the uninterrupted run."""
+    common = [*tiny(), "trainer.max_steps=4", "trainer.accumulate_grad_batches=3", "trainer.limit_train_batches=12",
+              "trainer.val_check_interval=4", "callbacks.last_checkpoint.every_n_train_steps=100",
+              "model.evaluation.generate=false", "data.limit_test_examples=2"]
+    full = tmp_path / "full"
+    done = subprocess.run(cli("train", *common, f"hydra.run.dir={full}"), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    want = read_checkpoint(full / "checkpoints" / "last.ckpt")["state_dict"]
+    for kill_at in (3, 4, 5):  # positions 0, 1, 2 of the second window
+        run = tmp_path / f"term{kill_at}"
+        stopped = subprocess.run(cli("train", *common, f"hydra.run.dir={run}", prelude=SIGTERM_AT_BATCH),
+                                 env={**os.environ, "ILORA_TEST_KILL_AT": str(kill_at)}, capture_output=True, text=True,
+                                 timeout=600)
+        assert stopped.returncode == 143, stopped.stderr[-2000:]
+        last = run / "checkpoints" / "last.ckpt"
+        saved = read_checkpoint(last)
+        assert saved["global_step"] == 2  # held to the end of the window: an optimiser-step boundary
+        assert saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["completed"] == 6
+        resumed = subprocess.run(cli("train", *common, f"hydra.run.dir={tmp_path / f'resumed{kill_at}'}",
+                                     f"ckpt_path={last}"), capture_output=True, text=True, timeout=600)
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        got = read_checkpoint(tmp_path / f"resumed{kill_at}" / "checkpoints" / "last.ckpt")["state_dict"]
+        assert got.keys() == want.keys()
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-6, msg=f"kill at {kill_at}: {key}")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
+import os
 import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,16 +22,40 @@ from ilora.errors import ConfigError, IloraError
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def clear_output(path: Path, force: bool, *, name: str, hint: str) -> None:
-    """Refuse a non-empty output `path` (`name` and `hint` make the message) unless forced; when forced, remove it
-    so nothing stale survives beside the new output."""
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        if not force:
-            raise ConfigError(f"{name} exists and is not empty; {hint}")
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+def check_output(path: Path, force: bool, *, name: str, hint: str, inputs: Sequence[str | Path] = ()) -> None:
+    """Refuse a non-empty output `path` unless forced (`name` and `hint` make the message), and refuse an output
+    that contains (or is) one of the `inputs` whatever `force` says: replacing it would destroy them."""
+    resolved = path.resolve()
+    for item in inputs:
+        source = Path(item).resolve()
+        if source == resolved or resolved in source.parents:
+            raise ConfigError(f"{name} contains the input {item}: write the output somewhere else")
+    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not force:
+        raise ConfigError(f"{name} exists and is not empty; {hint}")
+
+
+@contextlib.contextmanager
+def staged_output(path: Path, force: bool, *, name: str, hint: str,
+                  inputs: Sequence[str | Path] = ()) -> Iterator[Path]:
+    """Write an output folder safely: checks as `check_output`, then yields a temporary sibling to write into; on
+    success the old `path` (if any) is moved aside, the new one renamed in, and only then the old one deleted. On
+    failure the temporary folder is removed and `path` is untouched: `--force` never destroys before the new
+    output is complete."""
+    check_output(path, force, name=name, hint=hint, inputs=inputs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if path.exists() or path.is_symlink():
+        old = path.parent / f".{path.name}.old-{os.getpid()}"
+        path.rename(old)
+    tmp.rename(path)
+    if old is not None:
+        shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
 
 
 def task_wrapper(task: F) -> F:

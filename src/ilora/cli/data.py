@@ -1,7 +1,7 @@
 """`ilora-data`: import LLaRA's splits, build splits from raw logs, check a dataset directory.
 
 Errors print `error: <message>` to stderr and exit 2; an existing non-empty output is never overwritten
-without `--force`.
+without `--force`, and with it the new output is written beside the old one and swapped in only after success.
 """
 
 from __future__ import annotations
@@ -11,20 +11,26 @@ import os
 import sys
 from pathlib import Path
 
-from ilora.cli.common import clear_output
+from ilora.cli.common import check_output, staged_output
 from ilora.errors import IloraError
 
 
-def _guard(path: Path, force: bool) -> None:
-    clear_output(path, force, name=str(path), hint="pass --force to overwrite it")
+def _staged(path: Path, force: bool, inputs: list[str | None]):
+    """The output written into a temporary sibling and swapped in only after success (see `staged_output`)."""
+    return staged_output(path, force, name=str(path), hint="pass --force to overwrite it",
+                         inputs=[i for i in inputs if i is not None])
 
 
 def _import(args: argparse.Namespace) -> None:
-    from ilora.data.llara_import import import_llara
+    from ilora.data.llara_import import import_one
 
+    sources = [str(Path(args.src) / name) for name in args.datasets]
+    for name in args.datasets:  # every output checked before the first one is written
+        check_output(Path(args.dst) / name, args.force, name=str(Path(args.dst) / name),
+                     hint="pass --force to overwrite it", inputs=sources)
     for name in args.datasets:
-        _guard(Path(args.dst) / name, args.force)
-    for name, rows in import_llara(args.src, args.dst, args.datasets).items():
+        with _staged(Path(args.dst) / name, args.force, sources) as tmp:
+            rows = import_one(args.src, args.dst, name, out=tmp)
         print(f"{Path(args.dst) / name}: {rows}")
 
 
@@ -36,11 +42,11 @@ def _build(args: argparse.Namespace) -> None:
     columns = Columns.from_yaml(args.columns) if args.columns else Columns()
     columns = columns.override(user=args.user_col, item=args.item_col, timestamp=args.time_col,
                                rating=args.rating_col, item_id=args.item_id_col, title=args.title_col)
-    _guard(Path(args.out), args.force)
-    min_rating = None if args.min_rating < 0 else args.min_rating
-    result = build_dataset(args.interactions, args.items, args.out, fmt=args.format, min_rating=min_rating,
-                           seed=args.seed, name=args.name, domain=args.domain, columns=columns, dedupe=args.dedupe,
-                           min_user=args.min_user_interactions, min_item=args.min_item_interactions)
+    with _staged(Path(args.out), args.force, [args.interactions, args.items, args.columns]) as tmp:
+        result = build_dataset(args.interactions, args.items, tmp, fmt=args.format, min_rating=args.min_rating,
+                               seed=args.seed, name=args.name or Path(args.out).name, domain=args.domain,
+                               columns=columns, dedupe=args.dedupe, min_user=args.min_user_interactions,
+                               min_item=args.min_item_interactions)
     rows = {k: result.pop(k) for k in ("train", "val", "test")}
     for rule, count in result.items():
         print(f"  {rule}: {count}")
@@ -54,10 +60,11 @@ def _build(args: argparse.Namespace) -> None:
 def _build_windows(args: argparse.Namespace) -> None:
     from ilora.data.windows import build_window_dataset
 
-    _guard(Path(args.out), args.force)
-    rows = build_window_dataset(args.interactions, args.items, args.user_split, args.train, args.out,
-                                min_history=args.min_history, val_per_user=args.val_per_user or None,
-                                test_per_user=args.test_per_user or None, seed=args.seed, name=Path(args.out).name)
+    with _staged(Path(args.out), args.force, [args.interactions, args.items, args.user_split, args.train]) as tmp:
+        rows = build_window_dataset(args.interactions, args.items, args.user_split, args.train, tmp,
+                                    min_history=args.min_history, val_per_user=args.val_per_user or None,
+                                    test_per_user=args.test_per_user or None, seed=args.seed,
+                                    name=Path(args.out).name)
     print(f"{args.out}: {rows}")
 
 
@@ -97,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                       ("--rating-col", "rating"), ("--item-id-col", "item_id (catalogue; default: --item-col)"),
                       ("--title-col", "title")):
         bld.add_argument(flag, default=None, help=f"column holding {key} (overrides --columns)")
-    bld.add_argument("--min-rating", type=float, default=3, help="keep rating >= this (LLaRA: > 2); -1 keeps all")
+    bld.add_argument("--min-rating", type=float, default=None,
+                     help="keep rating >= this; default: LLaRA's rating >= 3 for ML-100K, no filter for any other log; "
+                          "-1 keeps all")
     bld.add_argument("--dedupe", choices=["exact", "user-item", "none"], default="exact",
                      help="exact: drop repeats of (user, item, timestamp); user-item: first event per pair")
     bld.add_argument("--min-user-interactions", type=int, default=0, help="k-core: drop users with fewer events")

@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from ilora.adapters import gate_context
 from ilora.adapters.export import export_peft, max_logit_difference
 from ilora.cli import CONFIG_DIR
-from ilora.cli.common import clear_output, task_wrapper, write_json
+from ilora.cli.common import check_output, staged_output, task_wrapper, write_json
 from ilora.cli.components import build_all, build_backbone
 from ilora.cli.eval import model_config
 from ilora.cli.runs import check_checkpoint_fits, load_trained_weights, run_or_exit
@@ -84,7 +84,15 @@ def export(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         raise ConfigError(f"checkpoint {cfg.ckpt_path} was trained with adapter=none: there is no adapter to export")
     _check_gate_choice(cfg.gate_from)
     check_checkpoint_fits(run_cfg, cfg.ckpt_path)
-    clear_output(out, bool(cfg.force), name=f"out={out}", hint="choose another directory or pass force=true")
+    guard = dict(name=f"out={out}", hint="choose another directory or pass force=true", inputs=[str(cfg.ckpt_path)])
+    check_output(out, bool(cfg.force), **guard)  # before anything loads
+    with staged_output(out, bool(cfg.force), **guard) as staging:
+        summary, parts = _export_into(cfg, run_cfg, staging)
+    return summary, parts
+
+
+def _export_into(cfg: DictConfig, run_cfg: DictConfig, out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Everything `export` writes, into `out` (the staging folder)."""
     parts = build_all(run_cfg)
     model = parts["model"]
     load_trained_weights(model, cfg.ckpt_path)

@@ -18,8 +18,14 @@ from ilora.errors import CheckpointError, ConfigError, IloraError
 RUN_FILES = ("status.json", "metrics.json", "config.yaml", "checkpoints", "predictions.json")
 # Config keys that decide the shapes and meaning of the trainable tensors; a checkpoint must agree on all of them.
 # Where a backbone lives (path, cache_dir) differs between machines; its tensors' fit is checked on load.
-FIT_SECTIONS = {"backbone": ("path", "cache_dir", "device", "dtype"), "adapter": ("alpha", "dropout", "scaling"),
+# model-defining sections compared key by key (minus the keys listed, which do not change what the weights mean);
+# adapter.alpha and adapter.scaling rescale the adapter, so they must match
+FIT_SECTIONS = {"backbone": ("path", "cache_dir", "device", "dtype"), "adapter": ("dropout",),
                 "encoder": ("train",), "gate": ()}
+# what a resumed run must share with the run it continues to replay it: the dropout masks (seed, p), and the
+# micro-batch layout the resume offset and the accumulation windows assume
+RESUME_KEYS = ("seed", "adapter.dropout", "data.batch_size", "trainer.accumulate_grad_batches", "trainer.devices",
+               "trainer.num_nodes")
 
 
 class RunDirInUse(ConfigError):
@@ -73,6 +79,17 @@ def check_checkpoint_fits(cfg: DictConfig, ckpt_path: str | None, *, resume: boo
                 raise CheckpointError(
                     f"checkpoint {ckpt_path} was trained with {section}.{key}={theirs!r}, this run has {ours!r}: "
                     "it does not fit this model (use the same setting or another checkpoint)"
+                )
+    if resume:
+        for key in RESUME_KEYS:
+            try:
+                theirs, ours = OmegaConf.select(stored, key, default=None), OmegaConf.select(cfg, key, default=None)
+            except Exception:  # noqa: BLE001 - an interpolation only the training machine resolves: not comparable
+                continue
+            if theirs is not None and theirs != ours:
+                raise CheckpointError(
+                    f"checkpoint {ckpt_path} was trained with {key}={theirs!r}, this run has {ours!r}: a resumed run "
+                    f"must keep it to replay the run it continues (set {key}={theirs!r})"
                 )
 
 

@@ -138,7 +138,7 @@ def build_dataset(
     out: str | os.PathLike,
     *,
     fmt: str = "auto",
-    min_rating: float | None = 3,
+    min_rating: float | None = None,
     seed: int = 0,
     name: str | None = None,
     domain: str = "movie",
@@ -152,11 +152,20 @@ def build_dataset(
     ml100k: `u.data` (tab, no header) + `u.item` (`|`, latin-1), item id = movie id - 1, LLaRA-style titles,
     user ids as in the file. Any other log (csv/tsv/parquet/jsonl; `ilora.data.logs` states the rules): any ids,
     remapped to dense ones with `item_map.parquet` / `user_map.parquet` written beside the dataset.
+    `min_rating`: keep rating >= it; None = the format's own rule (LLaRA's rating >= 3 for ML-100K, no filter for any
+    other log), a negative value = no filter. The result says which rule ran (`rating_filter`).
     """
     inter_path = Path(interactions_path)
     counts: dict[str, int] = {}
     maps: dict[str, pd.DataFrame] = {}
-    if is_ml100k(interactions_path, items_path, fmt):
+    ml100k = is_ml100k(interactions_path, items_path, fmt)
+    if min_rating is None:
+        min_rating, rule = (ML100K_MIN_RATING, "LLaRA's ML-100K rule") if ml100k else (None, "")
+    else:
+        rule = "--min-rating"
+        min_rating = None if min_rating < 0 else float(min_rating)
+    rating_filter = f"rating >= {min_rating:g} ({rule})" if min_rating is not None else "off (no --min-rating)"
+    if ml100k:
         if items_path is None:
             raise DataError("--format ml100k needs --items (u.item)")
         inter, items = read_ml100k_logs(interactions_path, items_path, min_rating=min_rating)
@@ -181,11 +190,14 @@ def build_dataset(
                   terms=terms, notes=notes)
     for stem, frame in maps.items():
         write_map(Path(out) / f"{stem}.parquet", frame)
-    return {**{k: len(v) for k, v in splits.items()}, **counts}
+    return {**{k: len(v) for k, v in splits.items()}, **counts, "rating_filter": rating_filter}
+
+
+ML100K_MIN_RATING = 3.0  # LLaRA keeps MovieLens ratings > 2
 
 
 def read_ml100k_logs(interactions_path: str | os.PathLike, items_path: str | os.PathLike, *,
-                     min_rating: float | None = 3) -> tuple[pd.DataFrame, pd.DataFrame]:
+                     min_rating: float | None = ML100K_MIN_RATING) -> tuple[pd.DataFrame, pd.DataFrame]:
     """ML-100K interactions (`user`, `item`, `timestamp`, `rating`, rating-filtered, item = movie id - 1) and
     items (`item`, `title`, LLaRA's titles)."""
     inter_path, item_path = Path(interactions_path), Path(items_path)

@@ -128,8 +128,9 @@ def _id2name(path: Path, num_items: int) -> list[str]:
     return [titles[i] for i in range(num_items)]
 
 
-def import_one(src: str | os.PathLike, dst: str | os.PathLike, name: str) -> dict[str, int]:
-    """Convert `src/<name>` (LLaRA files) into `dst/<name>`; returns {split: rows}."""
+def import_one(src: str | os.PathLike, dst: str | os.PathLike, name: str, *,
+               out: str | os.PathLike | None = None) -> dict[str, int]:
+    """Convert `src/<name>` (LLaRA files) into `dst/<name>` (or into `out` when given); returns {split: rows}."""
     if name not in SPECS:
         raise DataError(f"unknown LLaRA dataset {name!r}: expected one of {sorted(SPECS)}")
     spec, folder = SPECS[name], Path(src) / name
@@ -154,7 +155,7 @@ def import_one(src: str | os.PathLike, dst: str | os.PathLike, name: str) -> dic
         _movielens_users(splits, folder / "user_split.json")
     sources = ", ".join(f"{s}={f}" for s, f in spec.files.items())
     write_dataset(
-        Path(dst) / name, name=name, domain=spec.domain, titles=titles, splits=splits,
+        Path(out) if out is not None else Path(dst) / name, name=name, domain=spec.domain, titles=titles, splits=splits,
         source=f"{_LLARA}; files {sources}", terms=spec.terms,
         notes=[*spec.notes, "padding stripped; all rows kept (LLaRA trains/evaluates on len_seq >= 3 only)"],
     )

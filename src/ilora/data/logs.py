@@ -145,14 +145,18 @@ def _numbers(series: pd.Series, path: Path, column: str) -> pd.Series:
 
 
 def _timestamps(series: pd.Series, path: Path, column: str) -> pd.Series:
-    """Numbers as they are (int64 when integral); otherwise date-times as seconds since the epoch."""
-    numbers = pd.to_numeric(series, errors="coerce")
-    if not numbers.isna().any():
-        return numbers.astype(np.int64) if (numbers % 1 == 0).all() else numbers
-    try:
-        times = pd.to_datetime(series.astype(str), utc=True, errors="coerce", format="mixed")
-    except (ValueError, TypeError):
-        times = pd.Series(pd.NaT, index=series.index)
+    """Seconds since the epoch: numbers as they are (int64 when integral); date-times (a datetime column of any
+    unit or zone, or date-time strings) converted. A datetime column is never read as its integer ticks."""
+    if isinstance(series.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_any_dtype(series.dtype):
+        times = pd.to_datetime(series, utc=True)
+    else:
+        numbers = pd.to_numeric(series, errors="coerce")
+        if not numbers.isna().any():
+            return numbers.astype(np.int64) if (numbers % 1 == 0).all() else numbers
+        try:
+            times = pd.to_datetime(series.astype(str), utc=True, errors="coerce", format="mixed")
+        except (ValueError, TypeError):
+            times = pd.Series(pd.NaT, index=series.index)
     if times.isna().any():
         first = series[times.isna()].iloc[0]
         raise DataError(f"{path}: column {column!r} holds neither numbers nor date-times "
