@@ -159,8 +159,8 @@ class DropoutMasks:
     `at(step, micro_batch)` sets the key's position (the LightningModule calls it before every training
     micro-batch); without it the calls still get distinct keys (a running count per block), so a model used
     outside the Trainer trains with fresh masks too. A block re-run by activation checkpointing during backward
-    uses the masks of its forward call again (they stay on its layers). The hooks read everything from the block's own attributes, so a
-    deep copy of the model carries a working copy of its plan.
+    uses the masks of its forward call again (they stay on its layers). The hooks read everything from the block's
+    own attributes, so a deep copy of the model carries a working copy of its plan.
     """
 
     def __init__(self, model: nn.Module, layers: Iterable[tuple[str, nn.Module]], seed: int = 0) -> None:
