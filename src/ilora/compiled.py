@@ -6,10 +6,11 @@ forward hooks that draw the keyed dropout masks stay outside the compiled region
 training forwards (grad enabled, module in train mode) take the compiled path: evaluation and generation
 (no grad, growing KV caches, many shapes) stay eager.
 
-Shapes: `dynamic=False` specialises on the batch's sequence lengths; the collator pads training batches to
-`data.pad_to_multiple_of` tokens (and the packed candidate rows likewise) so a run meets a handful of shapes.
-A block that receives a KV cache (the rank loss's candidate pass) also specialises on the layer index, so the
-recompile limit is raised to cover every layer.
+Shapes: `model.compile_dynamic=true` (the default) compiles one graph for every sequence length; with `false` it
+specialises on each batch's lengths, and the collator pads training batches to `model.pad_to_multiple_of` tokens
+(the packed candidate rows likewise) so a run meets a handful of shapes. A block that receives a KV cache (the split
+rank pass, `model.rank_method=split`) specialises on the layer index as well, so the recompile limit is raised to
+cover every layer.
 """
 
 from __future__ import annotations
@@ -62,6 +63,6 @@ def compile_stats() -> dict[str, int]:
     """Graphs compiled and graph breaks so far in this process (dynamo's counters)."""
     from torch._dynamo.utils import counters
 
-    return {"graphs": int(sum(counters["stats"].get(k, 0) for k in ("unique_graphs",))),
+    return {"graphs": int(counters["stats"].get("unique_graphs", 0)),
             "graph_breaks": int(sum(counters["graph_break"].values())),
             "frames": int(counters["stats"].get("calls_captured", 0))}

@@ -27,6 +27,7 @@ keep mask for backward, not a dropped copy of x per projection.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -55,9 +56,7 @@ def mix64(*words: int) -> int:
 def keep_mask(shape: tuple[int, ...], threshold: int, generator: torch.Generator, *, dtype: torch.dtype,
               device: torch.device | str) -> Tensor:
     """0/1 in `dtype`, shaped `shape`: 0 with probability threshold / 2^15 (four 15-bit uniforms per int64 word)."""
-    n = 1
-    for s in shape:
-        n *= int(s)
+    n = math.prod(shape)
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(generator=generator)
     uniforms = words.view(torch.int16)[:n].view(shape) & (_LEVELS - 1)
     return torch.ge(uniforms, threshold, out=torch.empty(shape, dtype=dtype, device=device))
@@ -95,7 +94,7 @@ class FastDropout(nn.Module):
     def extra_repr(self) -> str:
         return f"p={self.p}"
 
-    def active(self, x: Tensor | None = None) -> bool:
+    def active(self) -> bool:
         """Whether masks apply: training and p > 0."""
         return self.training and self.threshold > 0
 
@@ -111,7 +110,7 @@ class FastDropout(nn.Module):
         return keep_mask(tuple(x.shape), self.threshold, generator, dtype=x.dtype, device=x.device)
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.active(x):
+        if not self.active():
             return x
         return x * self.draw(x) * self.scale
 
@@ -171,7 +170,6 @@ class DropoutMasks:
         for name, layer in layers:
             match = _BLOCK.match(name)
             blocks.setdefault(match.group(1) if match else name, []).append((name, layer))
-        self.num_blocks = len(blocks)
         for index, (block_name, members) in enumerate(sorted(blocks.items(), key=lambda kv: _natural(kv[0]))):
             block = model.get_submodule(block_name) if block_name else model
             groups: dict[str, list[nn.Module]] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -52,6 +53,15 @@ def load_trained_weights(model, ckpt_path: str) -> None:
     model.eval()
 
 
+def _stored_and_ours(stored: DictConfig, cfg: DictConfig, key: str) -> tuple[Any, Any] | None:
+    """(checkpoint's value, this run's value) of `key` as plain data; None when either side does not resolve here."""
+    try:
+        values = (OmegaConf.select(stored, key, default=None), OmegaConf.select(cfg, key, default=None))
+        return tuple(OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for v in values)
+    except Exception:  # noqa: BLE001 - an interpolation only the training machine resolves: not comparable
+        return None
+
+
 def check_checkpoint_fits(cfg: DictConfig, ckpt_path: str | None, *, resume: bool = False) -> None:
     """Read `ckpt_path` now (missing/truncated: CheckpointError) and compare the model-defining config it was
     trained with (backbone, adapter shape, encoder architecture, gate) to `cfg`, before anything heavy loads.
@@ -68,13 +78,10 @@ def check_checkpoint_fits(cfg: DictConfig, ckpt_path: str | None, *, resume: boo
     for section, ignored in FIT_SECTIONS.items():
         keys = set(OmegaConf.select(stored, section, default=None) or {}) | set(cfg.get(section) or {})
         for key in sorted(keys - set(ignored)):
-            try:
-                theirs = OmegaConf.select(stored, f"{section}.{key}", default=None)
-                ours = OmegaConf.select(cfg, f"{section}.{key}", default=None)
-                theirs, ours = (OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
-                                for v in (theirs, ours))
-            except Exception:  # noqa: BLE001 - an interpolation only the training machine resolves: not comparable
+            pair = _stored_and_ours(stored, cfg, f"{section}.{key}")
+            if pair is None:
                 continue
+            theirs, ours = pair
             if theirs != ours:
                 raise CheckpointError(
                     f"checkpoint {ckpt_path} was trained with {section}.{key}={theirs!r}, this run has {ours!r}: "
@@ -82,10 +89,10 @@ def check_checkpoint_fits(cfg: DictConfig, ckpt_path: str | None, *, resume: boo
                 )
     if resume:
         for key in RESUME_KEYS:
-            try:
-                theirs, ours = OmegaConf.select(stored, key, default=None), OmegaConf.select(cfg, key, default=None)
-            except Exception:  # noqa: BLE001 - an interpolation only the training machine resolves: not comparable
+            pair = _stored_and_ours(stored, cfg, key)
+            if pair is None:
                 continue
+            theirs, ours = pair
             if theirs is not None and theirs != ours:
                 raise CheckpointError(
                     f"checkpoint {ckpt_path} was trained with {key}={theirs!r}, this run has {ours!r}: a resumed run "
