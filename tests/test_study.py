@@ -38,7 +38,7 @@ def study(tmp_path, monkeypatch):
 
 def test_study_runs_resumes_and_reports_paired_differences(study, tmp_path, shared_data, monkeypatch, capsys):
     results = tmp_path / "results"
-    argv = ["--datasets", "movielens", "--methods", "lora_k1", "ilora_k4", "--seeds", "0",
+    argv = ["--study", "first", "--datasets", "movielens", "--methods", "lora_k1", "ilora_k4", "--seeds", "0",
             "--results", str(results), "--extra", *TINY,
             "--eval-extra", "data.limit_test_examples=60", "trainer.precision=32-true"]
     assert study.main(argv) == 0
@@ -54,8 +54,9 @@ def test_study_runs_resumes_and_reports_paired_differences(study, tmp_path, shar
     pairs = {(p["protocol"], p["difference"]): p for p in out["paired"]}
     assert {("llara", "ilora_k4 - lora_k1"), ("windows", "ilora_k4 - lora_k1")} <= set(pairs)
     hr1 = pairs[("windows", "ilora_k4 - lora_k1")]["rank_hr@1"]
-    assert hr1["ci95"][0] <= hr1["mean"] <= hr1["ci95"][1]
-    assert hr1["ci95_seeds_users"] == hr1["ci95"]  # one seed each: no training noise to resample
+    low, high = hr1["intervals"]["users"]["ci95"]
+    assert low <= hr1["mean"] <= high and hr1["intervals"]["users"]["estimand"] == "runs"
+    assert set(hr1["intervals"]) == {"users"}  # one seed each: no interval that counts training noise
     assert hr1["per_seed"]["0"] == pytest.approx(runs[("windows", "ilora_k4")]["rank_hr@1"]
                                                  - runs[("windows", "lora_k1")]["rank_hr@1"])
     methods = {(s["protocol"], s["method"]) for s in out["summary"]}
@@ -97,14 +98,14 @@ def test_study_runs_resumes_and_reports_paired_differences(study, tmp_path, shar
     # the results rebuild from the per-run JSON alone: no encoder, no backbone (a fresh clone)
     before = (results / "results.json").read_text()
     monkeypatch.setenv("ILORA_CACHE", str(tmp_path / "empty_cache"))
-    assert study.main(["--table-only", "--results", str(results)]) == 0
+    assert study.main(["--table-only", "--study", "first", "--results", str(results)]) == 0
     assert (results / "results.json").read_text() == before
 
     # without SASRec's record its row is left out, said in one line, and everything else stands
     for path in (results / "runs").glob("*__sasrec__*.json"):
         path.unlink()
     capsys.readouterr()
-    assert study.main(["--table-only", "--results", str(results)]) == 0
+    assert study.main(["--table-only", "--study", "first", "--results", str(results)]) == 0
     assert "movielens/windows: no SASRec record" in capsys.readouterr().out
     rebuilt = json.loads((results / "results.json").read_text())
     assert "sasrec" not in {s["method"] for s in rebuilt["summary"]}
@@ -138,7 +139,7 @@ def test_the_committed_lastfm_runs_were_steered_by_the_pinned_encoder(study):
 
 
 def test_dry_run_lists_every_planned_run_and_starts_nothing(study, capsys):
-    assert study.main(["--dry-run", "--results", str(study.OUT / "r")]) == 0
+    assert study.main(["--dry-run", "--study", "first", "--results", str(study.OUT / "r")]) == 0
     printed = capsys.readouterr().out
     plan = study.planned()  # the study's own plan: every run once, + the frozen LLM on the windows protocol
     windows = [r for r in plan if len(study.DATASETS[r[0]]) > 1]
@@ -149,6 +150,47 @@ def test_dry_run_lists_every_planned_run_and_starts_nothing(study, capsys):
     # evaluated in index order, as every recorded run was (bf16 scores move with the batch composition)
     assert printed.count("data.eval_order=index") == printed.count("ilora-eval")
     assert not (study.OUT / "movielens__ilora_k4__s0").exists()
+
+
+def test_the_powered_study_trains_each_method_at_its_learning_rate_chosen_on_validation(study, tmp_path, capsys):
+    study.VALIDATION_DIR = tmp_path / "validation"
+    plan = study.planned(study=study.POWERED)
+    assert {(m, len([r for r in plan if r[:2] == ("lastfm", m)])) for m in study.POWERED.seeds} == {
+        ("lora_k1", 8), ("ilora_k4", 8), ("uniform_k4", 3), ("frozen", 1)}
+    assert plan[:2] == [("movielens", "lora_k1", 0), ("movielens", "ilora_k4", 0)]  # pairs first, seed by seed
+    # before the learning-rate check the dry run shows the gap, and a real run stops with one line
+    assert study.main(["--dry-run", "--results", str(tmp_path / "r")]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("ilora-train experiment=study") == len(plan)
+    assert printed.count("model.optimizer.lr=PENDING_LR_CHECK") == len(plan) - 2  # all but the frozen LLM
+    assert f"trainer.max_steps={study.BUDGET // 8}" in printed
+    with pytest.raises(SystemExit, match="learning-rate check of movielens/lora_k1 is not recorded yet"):
+        study.main(["--results", str(tmp_path / "r"), "--only", "movielens/lora_k1/0"])
+    # the recorded check decides: best final val HR@1, ties broken by val MRR
+    study.VALIDATION_DIR.mkdir()
+    scores = {3e-4: (0.20, 0.40), 1e-3: (0.25, 0.41), 3e-3: (0.25, 0.45)}
+    for data in ("movielens", "lastfm"):
+        for method in ("lora_k1", "ilora_k4"):
+            for lr, (hr1, mrr) in scores.items():
+                name = study.validation_name(data, method, 0, lr, study.BUDGET)
+                (study.VALIDATION_DIR / f"{name}.json").write_text(json.dumps(
+                    {"curve": [{"val/rank_hr@1": hr1, "val/rank_mrr": mrr}]}))
+    assert study.chosen_lr("lastfm", "ilora_k4") == 3e-3
+    assert study.main(["--dry-run", "--results", str(tmp_path / "r")]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("model.optimizer.lr=0.003") == len(plan) - 2 and "PENDING" not in printed
+
+
+def test_validation_runs_are_planned_once_and_split_between_lanes(study, capsys):
+    plan = [study.validation_name(*r) for r in study.validation_plan()]
+    assert len(plan) == len(set(plan)) == 4 + 4 * 2  # four curves (lr 1e-3) + the two other rates of the check
+    assert plan[0] == "movielens__lora_k1__s0__lr1e-3__b4096"
+    study.VALIDATION_DIR = study.OUT / "validation_records"
+    lanes = []
+    for lane in ("0/2", "1/2"):
+        assert study.main(["--validation", "--dry-run", "--lane", lane]) == 0
+        lanes.append([line for line in capsys.readouterr().out.splitlines() if line.startswith("[study] validation")])
+    assert len(lanes[0]) + len(lanes[1]) == len(plan) and not set(lanes[0]) & set(lanes[1])
 
 
 def _assert_same(got, want, where="results"):
@@ -170,15 +212,19 @@ def _assert_same(got, want, where="results"):
 def test_the_committed_results_follow_from_the_committed_runs(study):
     """results.json's intervals and paired differences are what run.py computes from runs/*.json (no hand edits)."""
     committed = json.loads((study.HERE / "results.json").read_text())
+    from ilora.report import records as analysis
+
     records = [json.loads(p.read_text()) for p in sorted((study.HERE / "runs").glob("*.json"))]
     runs = [r for r in records if r["method"] != "sasrec"]
     sasrec = {f"{r['dataset']}/{r['protocol']}": r for r in records if r["method"] == "sasrec"}
     assert runs and len(committed["runs"]) == len(runs)
-    recomputed = study.summarise(runs, sasrec)
+    panels = [(d, p) for d, ps in study.FIRST.datasets.items() for p in ps]
+    recomputed = analysis.summarise(runs, sasrec, panels, list(study.FIRST.seeds), study.PAIRS)
     _assert_same(recomputed["paired"], committed["paired"])
     _assert_same(recomputed["summary"], committed["summary"])
     pair = next(e for e in committed["paired"] if e["difference"] == "ilora_k4 - lora_k1")
-    assert pair["rank_hr@1"]["ci95"][0] <= pair["rank_hr@1"]["mean"] <= pair["rank_hr@1"]["ci95"][1]
+    for interval in pair["rank_hr@1"]["intervals"].values():
+        assert interval["ci95"][0] <= pair["rank_hr@1"]["mean"] <= interval["ci95"][1]
 
 
 def test_the_study_config_evaluates_in_index_order():

@@ -1,34 +1,40 @@
 """The CPU study: does the instance-wise gate help? iLoRA K=4 vs one LoRA of the same size, on SmolLM2-135M.
 
-    python experiments/study/run.py                 # run (or resume) every run, then write the results
-    python experiments/study/run.py --table-only    # results.json, table.md, PNGs from runs/*.json
+    python experiments/study/run.py --validation    # learning curves and the learning-rate check (validation only)
+    python experiments/study/run.py                 # the powered study: run (or resume) every run, then the results
+    python experiments/study/run.py --study first   # the first study (1,024 examples, 3 seeds; complete)
+    python experiments/study/run.py --table-only    # results.json, table.md, PNGs of every study from runs/*.json
     python experiments/study/run.py --only movielens/ilora_k4/0 --dry-run   # what would run, nothing started
 
-Every run is `ilora-train experiment=study` (conf/experiment/study.yaml) plus its method's overrides, so the same
-budget of training examples, objective and prompt hold for every method. A run killed half-way resumes from its
-`last.ckpt` (a new attempt directory beside the old one, `ckpt_path=<old>/checkpoints/last.ckpt`); a finished
-run is kept: its per-run JSON under `<results>/runs/` is the record (so a fresh clone, whose `outputs/` is empty,
-runs only what is missing; `--redo` runs recorded ones again). MovieLens runs are trained once and evaluated on both protocols: LLaRA's (the post-fit test, 95
-users) and the extended one (`ilora-eval data=movielens_windows`, 2,069 windows of the same 95 users).
+Every run is `ilora-train experiment=study` (conf/experiment/study.yaml) plus its study's and its method's overrides,
+so the same budget of training examples, objective and prompt hold for every method of a study. A run killed
+half-way resumes from its `last.ckpt` (a new attempt directory beside the old one,
+`ckpt_path=<old>/checkpoints/last.ckpt`); a finished run is kept: its per-run JSON under `<results>/runs/` is the
+record (so a fresh clone, whose `outputs/` is empty, runs only what is missing; `--redo` runs recorded ones again).
+The first study's MovieLens runs were also evaluated on the extended protocol (`ilora-eval
+data=movielens_windows`, 2,069 windows of the same 95 users).
+
+Validation runs (`--validation`: one seed, validation on all val users every 512 examples, no test) choose the
+powered study's budget and each method's learning rate; they are recorded in `validation/*.json`.
 
 Run directories (checkpoints, logs) live under `outputs/study/` (not committed); what the results need is copied
-to `experiments/study/runs/<dataset>__<protocol>__<method>__s<seed>.json` (metrics, per-example target ranks
-and users, the learning curve, wall time, the SHA-256 of the SASRec weights that steered it). The frozen SASRec's
-ranks on the same examples are recorded the same way (`<dataset>__<protocol>__sasrec__s0.json`, with its weights'
-SHA-256) once its encoder is in the cache, so `--table-only` rebuilds everything from a fresh clone, no encoder needed.
+to `<results>/runs/<dataset>__<protocol>__<method>__s<seed>.json` (metrics, per-example target ranks and users, the
+learning curve, what the gate learned, wall time, the SHA-256 of the SASRec weights that steered it). The frozen
+SASRec's ranks on the same examples are recorded the same way (`<dataset>__<protocol>__sasrec__s0.json`) once its
+encoder is in the cache, so `--table-only` rebuilds everything from a fresh clone, no encoder needed. The analysis
+(summaries, paired differences, intervals and their measured coverage, tables, plots) is `ilora.report.records`,
+the same statistics as `ilora-report`.
 """
-
-from __future__ import annotations
 
 import argparse
 import hashlib
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,26 +43,80 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 OUT = Path(os.environ.get("ILORA_STUDY_OUT", ROOT / "outputs" / "study"))
-PINNED = HERE / "encoders"  # the SASRec weights that steered the recorded runs, per dataset (where committed)
-
-# method -> (overrides of conf/experiment/study.yaml, seeds)
-METHODS: dict[str, tuple[list[str], tuple[int, ...]]] = {
-    "frozen": (["adapter=none"], (0,)),
-    "lora_k1": (["adapter=lora"], (0, 1, 2)),
-    "ilora_k4": ([], (0, 1, 2)),
-    "uniform_k4": (["gate=uniform"], (0,)),
-}
-# dataset -> method -> seeds run beyond the method's own. Added 2026-12-05, after LastFM's first results, to test
-# whether iLoRA's gain there comes from the routing: the uniform gate at 3 seeds like iLoRA. Not on MovieLens: the
-# SASRec that steered its runs was not kept, and new runs steered by another encoder would not compare like with like.
-EXTRA_SEEDS: dict[str, dict[str, tuple[int, ...]]] = {"lastfm": {"uniform_k4": (1, 2)}}
-# dataset -> protocols it is evaluated on (the first is the post-fit test of the training run)
-DATASETS: dict[str, tuple[str, ...]] = {"movielens": ("llara", "windows"), "lastfm": ("llara",)}
-WINDOWS_DATA = {"movielens": "movielens_windows"}
+PINNED = HERE / "encoders"  # the SASRec weights that steer the study's runs, per dataset
+EXAMPLES_PER_STEP = 8  # conf/experiment/study.yaml: micro-batches of 4, accumulated 2
+VAL_EVERY = 512  # validation runs: a point every 512 training examples, on all val users
+ENCODER_SEED = 0  # the SASRec that steers every run (projector inputs, gate) and is the reference row
 RUN_ORDER = ("lora_k1", "ilora_k4", "uniform_k4", "frozen")  # within a seed: the main comparison first
 PAIRS = (("ilora_k4", "lora_k1"), ("uniform_k4", "lora_k1"), ("ilora_k4", "uniform_k4"))
-KS = (1, 5)
-ENCODER_SEED = 0  # the SASRec that steers every run (projector inputs, gate) and is the reference row
+WINDOWS_DATA = {"movielens": "movielens_windows"}
+METHOD_OVERRIDES = {"frozen": ["adapter=none"], "lora_k1": ["adapter=lora"], "ilora_k4": [],
+                    "uniform_k4": ["gate=uniform"]}
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    results: Path  # runs/*.json, results.json, table.md and the PNGs
+    seeds: dict[str, tuple[int, ...]]  # method -> seeds
+    datasets: dict[str, tuple[str, ...]]  # dataset -> protocols (the first is the post-fit test of the run)
+    overrides: tuple[str, ...] = ()  # added to every run of the study (e.g. its budget)
+    extra_seeds: dict[str, dict[str, tuple[int, ...]]] = field(default_factory=dict)  # dataset -> method -> seeds
+    subdir: str = ""  # its run directories: OUT / subdir
+    lr: bool = False  # each (dataset, method) trains at its learning rate chosen on validation (`chosen_lr`)
+
+    def out(self) -> Path:
+        return OUT / self.subdir if self.subdir else OUT
+
+    def methods(self) -> list[str]:
+        return list(self.seeds)
+
+
+# The first study (2026-12-04/05): 1,024 training examples (the recipe's 128 steps), lr 1e-3 for every method,
+# 3 seeds. Uniform-gate seeds 1 and 2 on LastFM were added after LastFM's first results, to test whether iLoRA's
+# gain there came from the routing. Complete; kept as recorded.
+FIRST = Study(
+    name="first", results=HERE, seeds={"frozen": (0,), "lora_k1": (0, 1, 2), "ilora_k4": (0, 1, 2), "uniform_k4": (0,)},
+    datasets={"movielens": ("llara", "windows"), "lastfm": ("llara",)},
+    extra_seeds={"lastfm": {"uniform_k4": (1, 2)}})
+# The powered study (issue 24): the budget chosen on the validation curves, each method at its own learning rate
+# chosen on validation, 8 seeds of LoRA and iLoRA (more where the power calculation says so), the uniform gate at 3.
+BUDGET = 4096
+POWERED = Study(
+    name="powered", results=HERE / "powered",
+    seeds={"frozen": (0,), "lora_k1": tuple(range(8)), "ilora_k4": tuple(range(8)), "uniform_k4": (0, 1, 2)},
+    datasets={"movielens": ("llara",), "lastfm": ("llara",)},
+    overrides=(f"trainer.max_steps={BUDGET // EXAMPLES_PER_STEP}",
+               f"trainer.val_check_interval={VAL_EVERY // 4}", "data.limit_val_examples=null"),
+    subdir="powered", lr=True)
+STUDIES = {s.name: s for s in (FIRST, POWERED)}
+DEFAULT_STUDY = "powered"
+# kept for callers of the first study's plan
+METHODS = {m: (METHOD_OVERRIDES[m], seeds) for m, seeds in FIRST.seeds.items()}
+DATASETS = FIRST.datasets
+
+# Validation runs (one seed each, no test): learning curves to 4,096 examples at lr 1e-3, and the learning-rate
+# check at the budget (3e-4 / 1e-3 / 3e-3; the curves are its 1e-3 points).
+VALIDATION_DIR = HERE / "validation"
+CURVE_EXAMPLES = 4096
+LR_GRID = (3e-4, 1e-3, 3e-3)
+
+
+def validation_plan() -> list[tuple[str, str, int, float, int]]:
+    """(dataset, method, seed, lr, training examples) of every validation run, curves first."""
+    runs = [(d, m, 0, 1e-3, CURVE_EXAMPLES) for d in ("movielens", "lastfm") for m in ("lora_k1", "ilora_k4")]
+    runs += [(d, m, 0, lr, BUDGET) for d in ("movielens", "lastfm") for m in ("lora_k1", "ilora_k4")
+             for lr in LR_GRID if (lr, BUDGET) != (1e-3, CURVE_EXAMPLES)]
+    return runs
+
+
+def lr_name(lr: float) -> str:
+    mantissa, exponent = f"{lr:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def validation_name(data: str, method: str, seed: int, lr: float, examples: int) -> str:
+    return f"{data}__{method}__s{seed}__lr{lr_name(lr)}__b{examples}"
 
 
 def cache_dir() -> Path:
@@ -110,17 +170,42 @@ def run_name(data: str, method: str, seed: int) -> str:
 
 
 def planned(only: list[str] | None = None, datasets: list[str] | None = None, methods: list[str] | None = None,
-            seeds: list[int] | None = None) -> list[tuple[str, str, int]]:
-    runs = [(d, m, s) for d in DATASETS for m, (_, default) in METHODS.items()
-            for s in (seeds or default + EXTRA_SEEDS.get(d, {}).get(m, ()))
+            seeds: list[int] | None = None, study: Study = FIRST) -> list[tuple[str, str, int]]:
+    runs = [(d, m, s) for d in study.datasets for m, default in study.seeds.items()
+            for s in (seeds or default + study.extra_seeds.get(d, {}).get(m, ()))
             if (not datasets or d in datasets) and (not methods or m in methods)]
-    # seed by seed, so that an interrupted study already holds complete paired comparisons
+    # seed by seed, datasets side by side, so that an interrupted study already holds complete paired comparisons
     order = {m: i for i, m in enumerate(RUN_ORDER)}
-    runs.sort(key=lambda r: (list(DATASETS).index(r[0]), r[2], order[r[1]]))
+    runs.sort(key=lambda r: (r[2], list(study.datasets).index(r[0]), order[r[1]]))
     if only:
         keep = {tuple(o.split("/")) for o in only}
         runs = [r for r in runs if (r[0], r[1], str(r[2])) in keep]
     return runs
+
+
+def chosen_lr(data: str, method: str, directory: Path | None = None, missing_ok: bool = False) -> float | None:
+    """The learning rate of `method` on `data` with the best validation HR@1 at the budget (ties: val MRR), from
+    the recorded learning-rate check; stops with one line naming what is missing (None with `missing_ok`)."""
+    found = {}
+    for lr in LR_GRID:
+        path = (directory or VALIDATION_DIR) / f"{validation_name(data, method, 0, lr, BUDGET)}.json"
+        if not path.is_file():
+            if missing_ok:
+                return None
+            raise SystemExit(f"{path.name}: the learning-rate check of {data}/{method} is not recorded yet; run "
+                             f"`python experiments/study/run.py --validation` first")
+        last = json.loads(path.read_text())["curve"][-1]
+        found[lr] = (last["val/rank_hr@1"], last["val/rank_mrr"])
+    return max(found, key=found.get)
+
+
+def method_overrides(study: Study, data: str, method: str, dry_run: bool = False) -> list[str]:
+    lr = []
+    if study.lr and method != "frozen":
+        # the uniform-gate control is iLoRA without routing: it trains at iLoRA's rate
+        chosen = chosen_lr(data, "ilora_k4" if method == "uniform_k4" else method, missing_ok=dry_run)
+        lr = [f"model.optimizer.lr={chosen if chosen is not None else 'PENDING_LR_CHECK'}"]
+    return [*METHOD_OVERRIDES[method], *study.overrides, *lr]
 
 
 # ----------------------------------------------------------------------------------------------- running
@@ -146,9 +231,8 @@ def _call(args: list[str], log: Path, dry_run: bool) -> int:
         return subprocess.call(args, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
 
 
-def train_run(data: str, method: str, seed: int, extra: list[str], dry_run: bool) -> Path | None:
-    """The completed training attempt of one run (training or resuming it first); None if it failed."""
-    base = OUT / run_name(data, method, seed)
+def train_run(base: Path, overrides: list[str], extra: list[str], dry_run: bool) -> Path | None:
+    """The completed training attempt under `base` (training or resuming it first); None if it failed."""
     attempts = _attempts(base)
     if attempts and _completed(attempts[-1]):
         return attempts[-1]
@@ -156,23 +240,23 @@ def train_run(data: str, method: str, seed: int, extra: list[str], dry_run: bool
     if attempts and (attempts[-1] / "checkpoints" / "last.ckpt").is_file():
         resume = [f"ckpt_path={attempts[-1] / 'checkpoints' / 'last.ckpt'}"]
     attempt = base / f"attempt{len(attempts)}"
-    args = [str(BIN / "ilora-train"), "experiment=study", f"data={data}", *METHODS[method][0], f"seed={seed}",
-            *extra, *resume, f"hydra.run.dir={attempt}"]
+    args = [str(BIN / "ilora-train"), "experiment=study", *overrides, *extra, *resume, f"hydra.run.dir={attempt}"]
     code = _call(args, base / "train.log", dry_run)
     return attempt if (dry_run or (code == 0 and _completed(attempt))) else None
 
 
-def windows_eval(data: str, method: str, seed: int, attempt: Path, extra: list[str], eval_extra: list[str],
-                 dry_run: bool) -> Path | None:
+def windows_eval(study: Study, data: str, method: str, seed: int, attempt: Path, extra: list[str],
+                 eval_extra: list[str], dry_run: bool) -> Path | None:
     """The extended-protocol evaluation of a trained MovieLens run (the frozen LLM: its own untrained run)."""
-    target = OUT / run_name(data, method, seed) / "windows"
+    target = study.out() / run_name(data, method, seed) / "windows"
     if _completed(target):
         return target
     if target.exists() and not dry_run:  # an interrupted evaluation: start it again in a fresh directory
         target.rename(target.with_name(f"windows.failed{time.time_ns()}"))
     if method == "frozen":
-        args = [str(BIN / "ilora-train"), "experiment=study", f"data={WINDOWS_DATA[data]}", *METHODS[method][0],
-                f"seed={seed}", *extra, *eval_extra, f"hydra.run.dir={target}"]
+        args = [str(BIN / "ilora-train"), "experiment=study", f"data={WINDOWS_DATA[data]}",
+                *method_overrides(study, data, method, dry_run), f"seed={seed}", *extra, *eval_extra,
+                f"hydra.run.dir={target}"]
     else:
         # index order, as every recorded run was evaluated (bf16 scores move with the batch composition)
         args = [str(BIN / "ilora-eval"), f"ckpt_path={attempt / 'checkpoints' / 'last.ckpt'}",
@@ -185,8 +269,8 @@ def windows_eval(data: str, method: str, seed: int, attempt: Path, extra: list[s
 # ------------------------------------------------------------------------------------------- recording
 
 
-def target_ranks(predictions: Path) -> tuple[list[int], list[int], list[int]]:
-    """(index, user, 1-based pessimistic rank of the target) of every test example in a predictions file."""
+def read_test(predictions: Path) -> tuple[list[int], list[int], list[int], np.ndarray | None]:
+    """(index, user, 1-based pessimistic rank of the target, gate weights [N, K] or None) of every test example."""
     import torch
 
     from ilora.metrics import target_rank
@@ -194,7 +278,20 @@ def target_ranks(predictions: Path) -> tuple[list[int], list[int], list[int]]:
     rows = [json.loads(line) for line in predictions.read_text().splitlines() if line.strip()]
     rows.sort(key=lambda r: r["index"])
     ranks = target_rank(torch.tensor([r["scores"] for r in rows]), torch.tensor([r["target_index"] for r in rows]))
-    return [r["index"] for r in rows], [int(r.get("user", r["index"])) for r in rows], ranks.tolist()
+    gates = np.asarray([r["gate"] for r in rows], dtype=float) if rows and "gate" in rows[0] else None
+    return [r["index"] for r in rows], [int(r.get("user", r["index"])) for r in rows], ranks.tolist(), gates
+
+
+def gate_summary(gates: np.ndarray | None) -> dict | None:
+    """What the gate learned on the test users: entropy (nats; log K = uniform), each expert's mean weight and its
+    spread across users, and how often each expert is a user's top one. None for methods without a gate."""
+    if gates is None or gates.ndim != 2 or gates.shape[1] < 2:
+        return None
+    entropy = -(gates * np.log(np.clip(gates, 1e-12, None))).sum(1)
+    top = np.bincount(gates.argmax(1), minlength=gates.shape[1]) / gates.shape[0]
+    return {"entropy_mean": float(entropy.mean()), "entropy_min": float(entropy.min()),
+            "entropy_uniform": float(np.log(gates.shape[1])), "weight_mean": gates.mean(0).tolist(),
+            "weight_std_across_users": gates.std(0).tolist(), "top_expert_share": top.tolist()}
 
 
 def _curve(attempts: list[Path]) -> list[dict]:
@@ -203,8 +300,9 @@ def _curve(attempts: list[Path]) -> list[dict]:
         path = attempt / "curve.jsonl"
         if path.is_file():
             rows += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [{k: v for k, v in r.items() if k in ("step", "train_examples", "val/rank_hr@1", "val/rank_ndcg@5")}
-            for r in rows]
+    keep = ("step", "train_examples", "val/num_examples", "val/rank_hr@1", "val/rank_hr@5", "val/rank_ndcg@5",
+            "val/rank_mrr", "val/gate_entropy")
+    return [{k: v for k, v in r.items() if k in keep} for r in rows]
 
 
 def record(data: str, protocol: str, method: str, seed: int, directory: Path, attempts: list[Path]) -> dict:
@@ -212,7 +310,7 @@ def record(data: str, protocol: str, method: str, seed: int, directory: Path, at
     import yaml
 
     metrics = json.loads((directory / "metrics.json").read_text())
-    index, users, ranks = target_ranks(directory / "predictions_test.jsonl")
+    index, users, ranks, gates = read_test(directory / "predictions_test.jsonl")
     config = yaml.safe_load((attempts[-1] / "config.yaml").read_text())
     trained = method != "frozen"
     per_step = int(config["data"]["batch_size"]) * int(config["trainer"]["accumulate_grad_batches"])
@@ -229,6 +327,7 @@ def record(data: str, protocol: str, method: str, seed: int, directory: Path, at
         "load_avg_1m": round(os.getloadavg()[0], 2),  # > cores: the timing shared the machine
         "encoder_sha256": encoder_digest(data),
         "index": index, "user": users, "target_rank": ranks, "curve": _curve(attempts) if trained else [],
+        "gate": gate_summary(gates),
         "config": {"model.loss": config["model"]["loss"], "data.prompt": config["data"]["prompt"],
                    "lr": config["model"]["optimizer"]["lr"], "adapter.num_experts": config["adapter"].get("num_experts"),
                    "gate": (config.get("gate") or {}).get("_target_")},
@@ -243,6 +342,8 @@ def sasrec_record(data: str, protocol: str) -> dict | None:
     from ilora.encoders import load_encoder
     from ilora.encoders.batches import eval_tensors
     from ilora.metrics import target_rank
+    from ilora.report.records import METRICS
+    from ilora.report.statistics import metric_values
 
     digest = encoder_digest(data)
     if digest is None:
@@ -256,16 +357,17 @@ def sasrec_record(data: str, protocol: str) -> dict | None:
     with torch.no_grad():
         ranks = target_rank(encoder(history, lengths).gather(1, candidates), column).tolist()
     users = split.user[keep] if split.user is not None else keep
-    metrics = {k: float(v.mean()) for k, v in _metrics_of(np.asarray(ranks, dtype=float)).items()}
+    metrics = {m: float(metric_values(np.asarray(ranks), m).mean()) for m in METRICS}
     return {"dataset": data, "protocol": protocol, "method": "sasrec", "seed": ENCODER_SEED, **metrics,
             "n_test": int(keep.size), "encoder_sha256": digest, "machine": machine(), "commit": commit(),
             "recorded": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "index": keep.tolist(), "user": [int(u) for u in users], "target_rank": ranks}
 
 
-def record_sasrec(results_dir: Path, datasets: list[str] | None = None) -> None:
+def record_sasrec(study: Study, datasets: list[str] | None = None) -> None:
     """Record SASRec's ranks for every protocol with recorded runs and no SASRec record yet (its encoder cached)."""
-    for data, protocols in DATASETS.items():
+    results_dir = study.results
+    for data, protocols in study.datasets.items():
         if datasets and data not in datasets:
             continue
         for protocol in protocols:
@@ -275,86 +377,6 @@ def record_sasrec(results_dir: Path, datasets: list[str] | None = None) -> None:
             payload = sasrec_record(data, protocol)
             if payload is not None:
                 path.write_text(json.dumps(payload, sort_keys=True) + "\n")
-
-
-# --------------------------------------------------------------------------------------------- results
-
-
-def _metrics_of(ranks: np.ndarray) -> dict[str, np.ndarray]:
-    return {"rank_hr@1": (ranks <= 1).astype(float), "rank_hr@5": (ranks <= 5).astype(float),
-            "rank_ndcg@5": np.where(ranks <= 5, 1.0 / np.log2(ranks + 1.0), 0.0)}
-
-
-def _seed_mean(runs: list[dict]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """Per-example metric values averaged over a method's seeds (examples matched by index)."""
-    index = np.asarray(runs[0]["index"])
-    for r in runs[1:]:
-        if r["index"] != runs[0]["index"]:
-            raise SystemExit(f"{r['dataset']}/{r['protocol']}: seeds of {r['method']} scored different examples")
-    values = [_metrics_of(np.asarray(r["target_rank"], dtype=float)) for r in runs]
-    return index, np.asarray(runs[0]["user"]), {k: np.mean([v[k] for v in values], axis=0) for k in values[0]}
-
-
-def _per_seed(seeds_a: list[int], values_a: np.ndarray, seeds_b: list[int], values_b: np.ndarray) -> dict:
-    """Mean difference per seed that both methods ran ({seed: a - b}; values [seeds, N]): the spread of training
-    runs, unpooled."""
-    row_b = {seed: i for i, seed in enumerate(seeds_b)}
-    return {str(seed): float(values_a[i].mean() - values_b[row_b[seed]].mean())
-            for i, seed in enumerate(seeds_a) if seed in row_b}
-
-
-def summarise(runs: list[dict], sasrec: dict[str, dict]) -> dict:
-    from ilora.metrics import cluster_bootstrap_ci, seed_user_bootstrap_ci
-
-    summary, paired = [], []
-    for data, protocols in DATASETS.items():
-        for protocol in protocols:
-            by_method = {m: [r for r in runs if (r["dataset"], r["protocol"], r["method"]) == (data, protocol, m)]
-                         for m in METHODS}
-            by_method = {m: sorted(v, key=lambda r: r["seed"]) for m, v in by_method.items() if v}
-            key = f"{data}/{protocol}"
-            if key in sasrec and by_method:  # on exactly the examples the LLM runs scored
-                scored = set(next(iter(by_method.values()))[0]["index"])
-                rows = [i for i, index in enumerate(sasrec[key]["index"]) if index in scored]
-                by_method["sasrec"] = [{**{k: [sasrec[key][k][i] for i in rows] for k in ("index", "user", "target_rank")},
-                                        "dataset": data, "protocol": protocol, "method": "sasrec", "seed": 0}]
-            means = {}
-            for method, members in by_method.items():
-                index, users, values = _seed_mean(members)
-                means[method] = (index, users, values)
-                row = {"dataset": data, "protocol": protocol, "method": method, "seeds": [r["seed"] for r in members],
-                       "n_test": int(index.size), "n_users": int(np.unique(users).size)}
-                if method == "sasrec":  # the encoder that steered the LLM runs, or only one trained like it?
-                    steering = {r.get("encoder_sha256") for m, rs in by_method.items() if m != "sasrec" for r in rs}
-                    row["encoder_of_the_runs"] = (None if None in steering
-                                                  else steering == {sasrec[key].get("encoder_sha256")})
-                for metric, per_example in values.items():
-                    per_seed = [float(_metrics_of(np.asarray(r["target_rank"], float))[metric].mean()) for r in members]
-                    row[metric] = float(per_example.mean())
-                    row[f"{metric}_seed_std"] = statistics.stdev(per_seed) if len(per_seed) > 1 else None
-                    row[f"{metric}_ci95"] = list(cluster_bootstrap_ci(per_example, users))
-                summary.append(row)
-            for a, b in PAIRS:
-                if a not in means or b not in means:
-                    continue
-                (ia, ua, va), (ib, _, vb) = means[a], means[b]
-                common, at_a, at_b = np.intersect1d(ia, ib, return_indices=True)
-                entry = {"dataset": data, "protocol": protocol, "difference": f"{a} - {b}",
-                         "n_test": int(common.size), "n_users": int(np.unique(ua[at_a]).size)}
-                seeds_a, seeds_b = ([r["seed"] for r in by_method[m]] for m in (a, b))
-                entry["seeds"] = [seeds_a, seeds_b]
-                for metric in ("rank_hr@1", "rank_ndcg@5"):
-                    diff = va[metric][at_a] - vb[metric][at_b]
-                    low, high = cluster_bootstrap_ci(diff, ua[at_a])
-                    runs_a, runs_b = (np.stack([_metrics_of(np.asarray(r["target_rank"], float))[metric][at]
-                                                for r in by_method[m]]) for m, at in ((a, at_a), (b, at_b)))
-                    both_low, both_high = seed_user_bootstrap_ci(runs_a, runs_b, ua[at_a])
-                    entry[metric] = {"mean": float(diff.mean()), "ci95": [low, high], "half_width": (high - low) / 2,
-                                     # training noise too: resamples each method's seeds as well as the users
-                                     "ci95_seeds_users": [both_low, both_high],
-                                     "per_seed": _per_seed(seeds_a, runs_a, seeds_b, runs_b)}
-                paired.append(entry)
-    return {"summary": summary, "paired": paired}
 
 
 def commit() -> str | None:
@@ -379,116 +401,112 @@ def machine() -> dict:
     return {"cpu": model, "cores": os.cpu_count(), "avx512_bf16": bf16, "precision": "bf16" if bf16 else "fp32"}
 
 
-def write_results(runs: list[dict], sasrec: dict[str, dict], results_dir: Path) -> dict:
-    results = {"machine": machine(), "study": "conf/experiment/study.yaml", **summarise(runs, sasrec),
+def _write(path: Path, text: str) -> None:
+    """Write via a temporary sibling and a rename: two lanes rebuilding at once never leave a torn file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def write_results(study: Study, runs: list[dict], sasrec: dict[str, dict], coverage: bool = True) -> dict:
+    from ilora.report import records as analysis
+
+    panels = [(d, p) for d, ps in study.datasets.items() for p in ps]
+    methods = list(study.seeds)
+    results = {"study": study.name, "recipe": "conf/experiment/study.yaml", "overrides": list(study.overrides),
+               "machine": machine(), **analysis.summarise(runs, sasrec, panels, methods, PAIRS),
                "runs": [{k: r[k] for k in ("dataset", "protocol", "method", "seed", "rank_hr@1", "rank_hr@5",
-                                           "rank_ndcg@5", "n_test", "train_examples", "wall_time_s", "machine")
-                         if k in r} for r in runs]}
-    (results_dir / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    (results_dir / "table.md").write_text(table(results) + "\n")
-    plot(results, runs, results_dir)
+                                           "rank_ndcg@5", "n_test", "train_examples", "wall_time_s", "machine",
+                                           "gate", "config") if k in r} for r in runs]}
+    results["cpu_hours"] = round(sum(r.get("wall_time_s", 0.0) for r in runs
+                                     if r["protocol"] == study.datasets[r["dataset"]][0]) / 3600, 2)
+    if coverage:
+        results["coverage"] = analysis.coverage(runs, panels, PAIRS[0])
+        results["power"] = analysis.power(results["paired"], target=0.03)
+    _write(study.results / "results.json", json.dumps(results, indent=2, sort_keys=True) + "\n")
+    notes = {r.get("encoder_of_the_runs") for r in results["summary"] if r["method"] == "sasrec"}
+    footnotes = "".join(f"\n{SASREC_FOOTNOTES[k]}" for k in (False, None) if k in notes)
+    _write(study.results / "table.md", analysis.table(results, SASREC_NOTES) + "\n" + footnotes)
+    analysis.plot(results, runs, study.results, panels, methods)
     return results
 
 
-SASREC_NOTE = {True: "", False: " (†)", None: " (‡)"}
+SASREC_NOTES = {True: "", False: " (†)", None: " (‡)"}
+SASREC_FOOTNOTES = {False: "(†) a SASRec trained with the same recipe and seed, not the weights that steered these "
+                           "runs (SHA-256 differs: retrained on another machine).\n",
+                    None: "(‡) SASRec trained with the same recipe and seed; some runs did not record their encoder's "
+                          "SHA-256, so whether it is the very encoder that steered them is not known.\n"}
 
 
-def table(results: dict) -> str:
-    lines = ["| dataset | protocol | method | seeds | n test (users) | HR@1 [95% CI, users] | HR@5 | NDCG@5 |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in results["summary"]:
-        low, high = r["rank_hr@1_ci95"]
-        std = f" ± {r['rank_hr@1_seed_std']:.3f}" if r["rank_hr@1_seed_std"] is not None else ""
-        method = r["method"] + (SASREC_NOTE[r["encoder_of_the_runs"]] if r["method"] == "sasrec" else "")
-        lines.append(f"| {r['dataset']} | {r['protocol']} | {method} | {len(r['seeds'])} | {r['n_test']} "
-                     f"({r['n_users']}) | {r['rank_hr@1']:.3f}{std} [{low:.3f}, {high:.3f}] | {r['rank_hr@5']:.3f} | "
-                     f"{r['rank_ndcg@5']:.3f} |")
-    notes = {r["encoder_of_the_runs"] for r in results["summary"] if r["method"] == "sasrec"}
-    if False in notes:
-        lines += ["", "(†) a SASRec trained with the same recipe and seed, not the weights that steered these runs "
-                  "(SHA-256 differs: retrained on another machine)."]
-    if None in notes:
-        lines += ["", "(‡) SASRec trained with the same recipe and seed; some runs did not record their encoder's "
-                  "SHA-256, so whether it is the very encoder that steered them is not known."]
-    lines += ["", "Paired differences on the same examples. `users`: 95% interval resampling users (training runs "
-              "fixed); `seeds+users`: resampling each method's seeds too (training noise; only as wide as the seeds "
-              "allow: with one seed per method it equals `users`).", "",
-              "| dataset | protocol | paired difference | seeds | HR@1 | [users] | [seeds+users] | NDCG@5 [seeds+users] | "
-              "n test (users) |", "|---|---|---|---|---|---|---|---|---|"]
-    for p in results["paired"]:
-        hr, nd = p["rank_hr@1"], p["rank_ndcg@5"]
-        both = hr.get("ci95_seeds_users", hr["ci95"])
-        nd_both = nd.get("ci95_seeds_users", nd["ci95"])
-        seeds = "/".join(str(len(s)) for s in p.get("seeds", []))
-        lines.append(f"| {p['dataset']} | {p['protocol']} | {p['difference']} | {seeds} | {hr['mean']:+.3f} | "
-                     f"[{hr['ci95'][0]:+.3f}, {hr['ci95'][1]:+.3f}] | [{both[0]:+.3f}, {both[1]:+.3f}] | "
-                     f"{nd['mean']:+.3f} [{nd_both[0]:+.3f}, {nd_both[1]:+.3f}] | {p['n_test']} ({p['n_users']}) |")
-    return "\n".join(lines)
-
-
-def plot(results: dict, runs: list[dict], results_dir: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [(d, p) for d, ps in DATASETS.items() for p in ps]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
-    for ax, (data, protocol) in zip(axes[0], panels):
-        rows = [r for r in results["summary"] if (r["dataset"], r["protocol"]) == (data, protocol)]
-        for i, r in enumerate(rows):
-            low, high = r["rank_hr@1_ci95"]
-            ax.errorbar([i], [r["rank_hr@1"]], yerr=[[r["rank_hr@1"] - low], [high - r["rank_hr@1"]]], fmt="o",
-                        capsize=3)
-        ax.axhline(0.05, ls=":", color="grey", label="chance (1/20)")
-        ax.set_xticks(range(len(rows)), [r["method"] for r in rows], rotation=30, fontsize=8)
-        ax.set(title=f"{data} ({protocol})", ylabel="test HR@1 (95% CI, users)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(results_dir / "hr1.png", dpi=120)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(7, 1 + 0.4 * max(len(results["paired"]), 1)))
-    for y, p in enumerate(results["paired"]):
-        m = p["rank_hr@1"]
-        ax.errorbar([m["mean"]], [y], xerr=[[m["mean"] - m["ci95"][0]], [m["ci95"][1] - m["mean"]]], fmt="o", capsize=3)
-    ax.axvline(0, color="grey", lw=1)
-    ax.set_yticks(range(len(results["paired"])),
-                  [f"{p['dataset']}/{p['protocol']}: {p['difference']}" for p in results["paired"]], fontsize=7)
-    ax.set(xlabel="paired HR@1 difference (95% CI, users resampled)")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(results_dir / "paired_hr1.png", dpi=120)
-    plt.close(fig)
-
-    trained = [r for r in runs if r["curve"] and r["protocol"] == "llara"]
-    data_names = sorted({r["dataset"] for r in trained}) or ["(none)"]
-    fig, axes = plt.subplots(1, len(data_names), figsize=(5 * len(data_names), 3.6), squeeze=False)
-    colours = {m: f"C{i}" for i, m in enumerate(METHODS)}
-    for ax, data in zip(axes[0], data_names):
-        for r in (r for r in trained if r["dataset"] == data):
-            ax.plot([c["train_examples"] for c in r["curve"]], [c["val/rank_hr@1"] for c in r["curve"]], marker=".",
-                    color=colours[r["method"]], label=f"{r['method']} s{r['seed']}")
-        ax.set(title=f"{data}: fixed validation subset", xlabel="training examples seen", ylabel="val HR@1")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(results_dir / "learning_curves.png", dpi=120)
-    plt.close(fig)
-
-
-def rebuild(results_dir: Path) -> dict | None:
-    """results.json, table.md and the PNGs from runs/*.json (None when no run has finished)."""
-    records = [json.loads(p.read_text()) for p in sorted((results_dir / "runs").glob("*.json"))]
+def rebuild(study: Study, coverage: bool = True) -> dict | None:
+    """results.json, table.md and the PNGs of `study` from its runs/*.json (None when no run has finished)."""
+    records = [json.loads(p.read_text()) for p in sorted((study.results / "runs").glob("*.json"))]
     runs = [r for r in records if r["method"] != "sasrec"]
     if not runs:
         return None
     sasrec = {f"{r['dataset']}/{r['protocol']}": r for r in records if r["method"] == "sasrec"}
     for key in sorted({f"{r['dataset']}/{r['protocol']}" for r in runs} - set(sasrec)):
-        print(f"[study] {key}: no SASRec record ({sasrec_file(results_dir, *key.split('/')).name}); its row is left "
+        print(f"[study] {key}: no SASRec record ({sasrec_file(study.results, *key.split('/')).name}); its row is left "
               f"out until `run.py --datasets {key.split('/')[0]}` runs with the encoder in the cache", flush=True)
-    return write_results(runs, sasrec, results_dir)
+    return write_results(study, runs, sasrec, coverage)
+
+
+# ----------------------------------------------------------------------------------------- validation runs
+
+
+def validation_overrides(data: str, method: str, seed: int, lr: float, examples: int) -> list[str]:
+    return [f"data={data}", *METHOD_OVERRIDES[method], f"seed={seed}", f"model.optimizer.lr={lr}",
+            f"trainer.max_steps={examples // EXAMPLES_PER_STEP}", f"trainer.val_check_interval={VAL_EVERY // 4}",
+            "data.limit_val_examples=null", "data.limit_test_examples=1", "logger=csv"]
+
+
+def validation_record(data: str, method: str, seed: int, lr: float, examples: int, attempts: list[Path]) -> dict:
+    """A validation run's curve (every 512 examples, all val users), budget, wall time and machine."""
+    wall = sum(json.loads((a / "metrics.json").read_text()).get("wall_time_s", 0.0)
+               for a in attempts if (a / "metrics.json").is_file())
+    return {"dataset": data, "method": method, "seed": seed, "lr": lr, "train_examples": examples,
+            "val_every": VAL_EVERY, "curve": _curve(attempts), "wall_time_s": round(wall, 1), "attempts": len(attempts),
+            "machine": machine(), "threads": os.environ.get("OMP_NUM_THREADS"), "commit": commit(),
+            "recorded": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_avg_1m": round(os.getloadavg()[0], 2),
+            "encoder_sha256": encoder_digest(data)}
+
+
+def run_validation(only: list[str] | None, extra: list[str], dry_run: bool, lane: tuple[int, int]) -> None:
+    plan = validation_plan()
+    if only:
+        plan = [r for r in plan if validation_name(*r) in only]
+    VALIDATION_DIR.mkdir(parents=True, exist_ok=True)
+    for i, run in enumerate(plan):
+        name = validation_name(*run)
+        path = VALIDATION_DIR / f"{name}.json"
+        if path.is_file() or i % lane[1] != lane[0]:
+            continue
+        print(f"[study] validation {name}", flush=True)
+        if not dry_run:
+            pin_encoder(run[0])
+        base = OUT / "validation" / name
+        attempt = train_run(base, validation_overrides(*run), extra, dry_run)
+        if dry_run:
+            continue
+        if attempt is None:
+            print(f"[study] validation {name} FAILED: see {base}/train.log", flush=True)
+            continue
+        _write(path, json.dumps(validation_record(*run, _attempts(base)), indent=1, sort_keys=True) + "\n")
+        write_validation()
+
+
+def write_validation() -> dict | None:
+    """validation/summary.json, summary.md and curves.png from validation/*.json."""
+    from ilora.report import records as analysis
+
+    found = [json.loads(p.read_text()) for p in sorted(VALIDATION_DIR.glob("*__b*.json"))]
+    if not found:
+        return None
+    summary = analysis.validation_summary(found, budget=BUDGET, grid=LR_GRID)
+    _write(VALIDATION_DIR / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    _write(VALIDATION_DIR / "summary.md", analysis.validation_table(summary) + "\n")
+    analysis.plot_validation(found, VALIDATION_DIR / "curves.png")
+    return summary
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -496,53 +514,102 @@ def rebuild(results_dir: Path) -> dict | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", help="dataset/method/seed triples to run (default: all)")
-    parser.add_argument("--datasets", nargs="*", choices=list(DATASETS), help="default: all")
-    parser.add_argument("--methods", nargs="*", choices=list(METHODS), help="default: all")
+    parser.add_argument("--study", choices=list(STUDIES), default=None,
+                        help=f"which study to run (default: {DEFAULT_STUDY}); --table-only without it: all")
+    parser.add_argument("--validation", action="store_true", help="run the validation runs (curves, lr check)")
+    parser.add_argument("--only", nargs="*", help="dataset/method/seed triples to run (validation: run names)")
+    parser.add_argument("--datasets", nargs="*", help="default: all of the study's")
+    parser.add_argument("--methods", nargs="*", choices=list(METHOD_OVERRIDES), help="default: all")
     parser.add_argument("--seeds", nargs="*", type=int, help="default: each method's own seeds")
-    parser.add_argument("--results", type=Path, default=HERE, help="where runs/*.json, results.json, table.md, PNGs go")
+    parser.add_argument("--lane", default="0/1", help="i/n: run only every n-th planned run from the i-th "
+                        "(two lanes of one thread each use 2 cores best)")
+    parser.add_argument("--results", type=Path, default=None, help="where runs/*.json, results.json, table.md, PNGs "
+                        "go (default: the study's folder)")
     parser.add_argument("--table-only", action="store_true", help="rebuild the results from <results>/runs/*.json")
+    parser.add_argument("--no-coverage", action="store_true", help="skip the coverage simulation (about a minute)")
+    parser.add_argument("--readme", action="store_true", help="print the README's tables of the study's results.json")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("--redo", action="store_true", help="run again the runs already recorded in <results>/runs")
     parser.add_argument("--extra", nargs="*", default=[], help="overrides added to every ilora-train run")
     parser.add_argument("--eval-extra", nargs="*", default=[], help="overrides added to every ilora-eval run")
     args = parser.parse_args(argv)
-    results_dir = args.results
-    (results_dir / "runs").mkdir(parents=True, exist_ok=True)
-    if not args.table_only:
-        for data, method, seed in planned(args.only, args.datasets, args.methods, args.seeds):
-            recorded = [results_dir / "runs" / f"{data}__{p}__{method}__s{seed}.json" for p in DATASETS[data]]
-            if all(path.is_file() for path in recorded) and not args.redo:  # finished, e.g. in an earlier session
-                print(f"[study] {data}/{method}/seed{seed}: recorded in {recorded[0].parent}, kept", flush=True)
-                continue
-            print(f"[study] {data}/{method}/seed{seed}", flush=True)
-            if not args.dry_run:
-                pin_encoder(data)
-            attempt = train_run(data, method, seed, args.extra, args.dry_run)
-            if attempt is None:
-                print(f"[study] {data}/{method}/seed{seed} FAILED: see {OUT / run_name(data, method, seed)}/train.log")
-                continue
-            evaluated = {"llara": attempt}
-            if "windows" in DATASETS[data]:
-                evaluated["windows"] = windows_eval(data, method, seed, attempt, args.extra, args.eval_extra,
-                                                    args.dry_run)
-            if args.dry_run:
-                continue
-            attempts = _attempts(OUT / run_name(data, method, seed))
-            for protocol, directory in evaluated.items():
-                if directory is not None:
-                    payload = record(data, protocol, method, seed, directory, attempts)
-                    path = results_dir / "runs" / f"{data}__{protocol}__{method}__s{seed}.json"
-                    path.write_text(json.dumps(payload, sort_keys=True) + "\n")
-            record_sasrec(results_dir, [data])
-            rebuild(results_dir)  # results.json always shows every run finished so far
-    if args.dry_run:
+    try:
+        lane = tuple(int(x) for x in args.lane.split("/"))
+        assert len(lane) == 2 and 0 <= lane[0] < lane[1]
+    except (ValueError, AssertionError):
+        parser.error(f"--lane {args.lane}: expected i/n with 0 <= i < n")
+    if args.validation:
+        run_validation(args.only, args.extra, args.dry_run, lane)
+        if not args.dry_run:
+            print(analysis_table(write_validation()))
         return 0
-    if not args.table_only:
-        record_sasrec(results_dir, args.datasets)
-    results = rebuild(results_dir)
-    print(table(results) if results else "[study] no finished runs yet")
+    names = [args.study] if args.study else (list(STUDIES) if args.table_only else [DEFAULT_STUDY])
+    if args.readme:
+        from ilora.report import records as analysis
+
+        for name in names:
+            path = (args.results or STUDIES[name].results) / "results.json"
+            print(analysis.readme_tables(json.loads(path.read_text())) if path.is_file() else f"{path}: not yet")
+        return 0
+    for name in names:
+        study = STUDIES[name]
+        if args.results is not None:
+            study = Study(**{**study.__dict__, "results": args.results})
+        unknown = set(args.datasets or ()) - set(study.datasets)
+        if unknown:
+            parser.error(f"--datasets {' '.join(sorted(unknown))}: not in the {name} study ({', '.join(study.datasets)})")
+        (study.results / "runs").mkdir(parents=True, exist_ok=True)
+        if not args.table_only:
+            run_study(study, args, lane)
+        if args.dry_run:
+            continue
+        if not args.table_only:
+            record_sasrec(study, args.datasets)
+        results = rebuild(study, coverage=not args.no_coverage)
+        print(f"[study] {name}: " + (f"{study.results / 'table.md'}" if results else "no finished runs yet"))
+    if args.table_only and not args.study and not args.results:
+        write_validation()
     return 0
+
+
+def analysis_table(summary: dict | None) -> str:
+    from ilora.report import records as analysis
+
+    return analysis.validation_table(summary) if summary else "[study] no validation run recorded yet"
+
+
+def run_study(study: Study, args: argparse.Namespace, lane: tuple[int, int]) -> None:
+    for i, (data, method, seed) in enumerate(planned(args.only, args.datasets, args.methods, args.seeds, study)):
+        if i % lane[1] != lane[0]:
+            continue
+        protocols = study.datasets[data]
+        recorded = [study.results / "runs" / f"{data}__{p}__{method}__s{seed}.json" for p in protocols]
+        if all(path.is_file() for path in recorded) and not args.redo:  # finished, e.g. in an earlier session
+            print(f"[study] {data}/{method}/seed{seed}: recorded in {recorded[0].parent}, kept", flush=True)
+            continue
+        print(f"[study] {study.name} {data}/{method}/seed{seed}", flush=True)
+        if not args.dry_run:
+            pin_encoder(data)
+        base = study.out() / run_name(data, method, seed)
+        overrides = [f"data={data}", *method_overrides(study, data, method, args.dry_run), f"seed={seed}"]
+        attempt = train_run(base, overrides, args.extra, args.dry_run)
+        if attempt is None:
+            print(f"[study] {data}/{method}/seed{seed} FAILED: see {base}/train.log", flush=True)
+            continue
+        evaluated = {protocols[0]: attempt}
+        if "windows" in protocols:
+            evaluated["windows"] = windows_eval(study, data, method, seed, attempt, args.extra, args.eval_extra,
+                                                args.dry_run)
+        if args.dry_run:
+            continue
+        attempts = _attempts(base)
+        for protocol, directory in evaluated.items():
+            if directory is not None:
+                payload = record(data, protocol, method, seed, directory, attempts)
+                _write(study.results / "runs" / f"{data}__{protocol}__{method}__s{seed}.json",
+                       json.dumps(payload, sort_keys=True) + "\n")
+        record_sasrec(study, [data])
+        rebuild(study, coverage=False)  # results.json always shows every run finished so far
 
 
 if __name__ == "__main__":
