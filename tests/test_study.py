@@ -254,3 +254,23 @@ def test_gpu_study_script_dry_run_plans_one_epoch_of_k1_and_k4_on_cuda(tmp_path)
         assert "trainer=gpu" in line and "trainer.max_epochs=1" in line and "trainer.max_steps=-1" in line
     assert all("data=movielens_windows" in line and "trainer=gpu" in line for line in evals)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_readmes_quote_results_json_and_the_validation_summary(study):
+    """The results sections are generated from results.json (`run.py --readme`), not typed: a test keeps them so."""
+    from ilora.report import records as analysis
+
+    readme, study_readme = ((REPO / "README.md").read_text(), (study.HERE / "README.md").read_text())
+    for results in (study.HERE, study.HERE / "powered"):
+        if not (results / "results.json").is_file():
+            continue
+        committed = json.loads((results / "results.json").read_text())
+        tables = analysis.readme_tables(committed)
+        assert tables in study_readme, f"{results.name}: run.py --readme differs from experiments/study/README.md"
+        assert tables in readme, f"{results.name}: run.py --readme differs from README.md"
+        assert analysis.coverage_table(committed["coverage"]) in study_readme
+    summary = json.loads((study.VALIDATION_DIR / "summary.json").read_text())
+    assert analysis.validation_table(summary) in study_readme
+    found = [json.loads(p.read_text()) for p in sorted(study.VALIDATION_DIR.glob("*__b*.json"))]
+    recomputed = analysis.validation_summary(found, budget=study.BUDGET, grid=study.LR_GRID)
+    assert json.loads(json.dumps(recomputed)) == summary  # the summary follows from validation/*.json
