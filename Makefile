@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup train test test-full bench bench-gpu study study-gpu lint clean
+.PHONY: setup train test test-full bench bench-gpu study study-gpu device-payload lint clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,9 @@ bench: setup
 
 bench-gpu: setup
 	$(PY) experiments/bench/bench_gpu.py --out outputs/bench_gpu
+
+device-payload: setup
+	$(PY) experiments/gpu/wheels.py --out .whl
 
 study: setup
 	$(PY) experiments/study/run.py

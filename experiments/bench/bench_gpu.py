@@ -42,10 +42,23 @@ def movielens_train_examples() -> int:
     return int(meta["splits"]["train"])
 
 
-def smollm2_part(*, device: str, dry_run: bool, repeats: int) -> dict[str, float]:
-    """Layer and step ratios in bf16 (fp32 tiny on the CPU dry run), samples/s and the MovieLens epoch estimate."""
+def smollm2_shape() -> dict[str, object]:
+    """SmolLM2-135M's LlamaConfig fields, from conf/backbone/smollm2_shape.yaml (random weights, same shape)."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "conf" / "backbone" / "smollm2_shape.yaml").read_text())
+    return {k: v for k, v in config.items() if k not in ("kind", "dtype", "device", "seed", "cache_dir")}
+
+
+def smollm2_part(*, device: str, dry_run: bool, repeats: int, random_weights: bool = False) -> dict[str, float]:
+    """Layer and step ratios in bf16 (fp32 tiny on the CPU dry run), samples/s and the MovieLens epoch estimate.
+    `random_weights`: SmolLM2's shape initialised at random (the timings do not depend on the weights' values)."""
     dtype = torch.float32 if dry_run else torch.bfloat16
-    if dry_run:
+    if random_weights and not dry_run:
+        lm = tiny_random_model(49152, dtype=dtype, **smollm2_shape()).to(device)
+        shape = dict(batch=8, tokens=340, answer=12)
+        layer = layer_ratio(repeats=50, warmup=10, modes=("bf16",))["bf16"]
+    elif dry_run:
         lm = tiny_random_model(512, dtype=dtype)
         shape = dict(batch=2, tokens=24, answer=4)
         layer = layer_ratio(batch=2, tokens=8, in_features=16, out_features=24, repeats=2, warmup=1,
@@ -141,6 +154,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     p.add_argument("--out", default="outputs/bench_gpu")
     p.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, seconds")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--random-weights", action="store_true",
+                   help="SmolLM2's shape at random instead of the embedded weights (a machine without the GGUF)")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if not args.dry_run and not torch.cuda.is_available():
@@ -151,7 +166,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     torch.manual_seed(0)
     started = time.perf_counter()
     results: dict[str, object] = {"machine": machine(), "dry_run": args.dry_run}
-    results["smollm2"] = smollm2_part(device=device, dry_run=args.dry_run, repeats=args.repeats)
+    results["smollm2"] = smollm2_part(device=device, dry_run=args.dry_run, repeats=args.repeats,
+                                      random_weights=args.random_weights)
+    results["smollm2_weights"] = "random (same shape)" if args.random_weights else "embedded GGUF"
     print(json.dumps(results["smollm2"]), flush=True)
     results["llama2_7b_shape"] = llama_part(
         device=device, dry_run=args.dry_run, micro_batches=(1, 2) if args.dry_run else (1, 4, 8),
@@ -167,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
 def markdown(results: dict) -> str:
     s = results["smollm2"]
-    lines = ["| SmolLM2-135M | value |", "|---|---|"]
+    lines = [f"| SmolLM2-135M ({results.get('smollm2_weights', 'embedded GGUF')} weights) | value |", "|---|---|"]
     for key in ("layer_ratio", "step_ratio_vs_peft", "step_ratio_k1_vs_peft", "flop_utilisation", "samples_per_s",
                 "movielens_epoch_s_estimate", "step_s_ilora", "step_s_peft", "peak_flops"):
         lines.append(f"| `{key}` | {s[key]:.4g} |")

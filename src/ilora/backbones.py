@@ -188,6 +188,16 @@ def _load_hf_dir(path, *, gguf_file, dtype, device):
     return model.to(device), _prepare_tokenizer(tokenizer)
 
 
+def _tiny_tokenizer(*, path, gguf_file, cache_dir):
+    """The tokenizer of a random backbone: a saved Hugging Face tokenizer folder when `path` is one (a machine
+    without the GGUF, e.g. the lent GPU), else the SmolLM2 tokenizer read from the GGUF as usual."""
+    if path and (Path(path) / "tokenizer.json").is_file():
+        from transformers import AutoTokenizer
+
+        return _prepare_tokenizer(AutoTokenizer.from_pretrained(Path(path)))
+    return load_tokenizer(path=path, gguf_file=gguf_file, cache_dir=cache_dir)
+
+
 def tiny_random_model(vocab_size: int, *, seed: int = 0, dtype=torch.float32, special_ids=None, **overrides):
     """A small randomly initialised Llama, identical for one seed (the global RNG is left untouched)."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -221,7 +231,7 @@ def load_backbone(kind: str = "smollm2_135m", *, path=None, gguf_file=None, dtyp
         tokenizer = _prepare_tokenizer(AutoTokenizer.from_pretrained(directory))
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch_dtype).to(device)
     else:
-        tokenizer = load_tokenizer(path=path, gguf_file=gguf_file, cache_dir=cache_dir)
+        tokenizer = _tiny_tokenizer(path=path, gguf_file=gguf_file, cache_dir=cache_dir)
         special = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                        pad_token_id=tokenizer.pad_token_id)
         model = tiny_random_model(len(tokenizer), seed=seed, dtype=torch_dtype, special_ids=special,
