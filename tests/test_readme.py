@@ -183,7 +183,9 @@ def test_every_readme_command_runs(workspace):
     spec = importlib.util.spec_from_file_location("study_plan", REPO / "experiments" / "study" / "run.py")
     plan = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(plan)
-    trains = len(plan.planned()) + sum(m == "frozen" and len(plan.DATASETS[d]) > 1 for d, m, _ in plan.planned())
+    study = plan.STUDIES[plan.DEFAULT_STUDY]  # what `run.py` runs without --study
+    planned = plan.planned(study=study)
+    trains = len(planned) + sum(m == "frozen" and len(study.datasets[d]) > 1 for d, m, _ in planned)
     assert dry.returncode == 0 and dry.stdout.count("ilora-train experiment=study") == trains, dry.stdout[-2000:]
     assert (sweep / "report.md").is_file() and (sweep / "hr1_vs_experts.png").is_file()
 
