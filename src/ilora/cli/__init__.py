@@ -19,13 +19,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "conf"
+# The configs ship inside the package (`conf/` at the repository root links here), so an installed wheel finds
+# them too; users add their own folder with `--config-dir DIR` or `hydra.searchpath=[file://DIR]`.
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONFIG_PATH = "pkg://ilora.conf"
 
 
 def project_root() -> str:
-    """The checkout holding conf/ (an editable install), else the current directory."""
-    root = CONFIG_DIR.parent
-    return str(root if CONFIG_DIR.is_dir() else Path.cwd())
+    """The source checkout (src/ilora inside a folder with pyproject.toml), else the current directory: an
+    installed package keeps its data, cache and outputs where it is run."""
+    root = Path(__file__).resolve().parents[3]
+    return str(root if (root / "pyproject.toml").is_file() and (root / "src" / "ilora").is_dir() else Path.cwd())
 
 
 def cpu_precision() -> str:
@@ -40,6 +44,29 @@ def wandb_offline() -> bool:
     return os.environ.get("WANDB_MODE", "offline") != "online"
 
 
+def _multirun():
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.get() if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN else None
+
+
+def sweep_group(default: str) -> str:
+    """W&B group: every job of one multirun shares `<task>-<sweep folder>` (e.g. train-2026-12-06_23-33-21-...);
+    a single run keeps `default`."""
+    hydra = _multirun()
+    return f"{hydra.job.name}-{Path(str(hydra.sweep.dir)).name}" if hydra else default
+
+
+def sweep_tags(tags) -> list[str]:
+    """The run's tags, plus in a multirun each of the job's overrides (cut to W&B's 64 characters)."""
+    hydra = _multirun()
+    return [*(tags or []), *((str(o)[:64] for o in hydra.overrides.task) if hydra else ())]
+
+
+for _name, _resolver in (("ilora_sweep_group", sweep_group), ("ilora_sweep_tags", sweep_tags)):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _resolver)
 if not OmegaConf.has_resolver("ilora_wandb_offline"):
     OmegaConf.register_new_resolver("ilora_wandb_offline", wandb_offline)
 if not OmegaConf.has_resolver("ilora_root"):

@@ -11,7 +11,7 @@ import lightning.pytorch as pl
 from omegaconf import DictConfig, OmegaConf
 
 from ilora.checkpoints import read_run_config
-from ilora.cli import CONFIG_DIR
+from ilora.cli import CONFIG_PATH
 from ilora.cli.common import task_wrapper, write_json
 from ilora.cli.components import build_all, instantiate_list
 from ilora.cli.runs import check_checkpoint_fits, claim_run_dir, run_or_exit
@@ -60,7 +60,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     return metrics, {"trainer": trainer, **parts}
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
 def _hydra_main(cfg: DictConfig) -> None:
     metrics, _ = run_or_exit(evaluate, cfg)
     for key in sorted(metrics):

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from ilora.adapters import gate_context
 from ilora.adapters.export import export_peft, max_logit_difference
-from ilora.cli import CONFIG_DIR
+from ilora.cli import CONFIG_PATH
 from ilora.cli.common import check_output, staged_output, task_wrapper, write_json
 from ilora.cli.components import build_all, build_backbone
 from ilora.cli.eval import model_config
@@ -140,7 +140,7 @@ def _export_into(cfg: DictConfig, run_cfg: DictConfig, out: Path) -> tuple[dict[
     return summary, parts
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="export")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="export")
 def _hydra_main(cfg: DictConfig) -> None:
     summary, _ = run_or_exit(export, cfg)
     print(f"[ilora] exported {summary['adapter']} to {cfg.out} (peft LoRA; gate {summary['gate']['weights']})")

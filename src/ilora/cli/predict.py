@@ -11,7 +11,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, ListConfig
 
-from ilora.cli import CONFIG_DIR
+from ilora.cli import CONFIG_PATH
 from ilora.cli.common import task_wrapper, write_json
 from ilora.cli.components import build_all
 from ilora.cli.eval import model_config
@@ -106,7 +106,7 @@ def predict(cfg: DictConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     return ranked, {"record": record, **parts}
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="predict")
 def _hydra_main(cfg: DictConfig) -> None:
     ranked, objects = run_or_exit(predict, cfg)
     for row in ranked:

@@ -16,7 +16,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ilora.callbacks import usable_callbacks
-from ilora.cli import CONFIG_DIR
+from ilora.cli import CONFIG_PATH
 from ilora.cli.common import flat_metrics, is_rank_zero, task_wrapper, write_json
 from ilora.cli.components import build_all, encoder_dir, instantiate_list
 from ilora.cli.runs import (
@@ -26,10 +26,11 @@ from ilora.cli.runs import (
     report_failure,
     resolve_ckpt_path,
     run_mode_is_multirun,
+    unfinished_own_run,
 )
 from ilora.cli.summary import summary_table
 from ilora.data.prompts import absolute_source
-from ilora.errors import IloraError
+from ilora.errors import ConfigError, IloraError
 
 SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports it: the run stopped early, cleanly, and can resume
 
@@ -38,18 +39,23 @@ SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports it: the run stopped
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit (unless nothing is trainable), test, and write metrics.json into the run directory."""
     start = time.time()
+    objective_name(cfg)  # a search's objective is checked before any work
     out_dir = Path(cfg.paths.output_dir)
     if OmegaConf.select(cfg, "data.prompts", default=None):  # a prompt file: stored absolute in the checkpoint
         with open_dict(cfg):
             cfg.data.prompts = absolute_source(cfg.data.prompts)
-    if is_rank_zero():
+    own = unfinished_own_run(cfg, out_dir)  # a requeued job back in its own directory: continue it in place
+    if own is None and is_rank_zero():
         claim_run_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if is_rank_zero():
+    if is_rank_zero() and own is None:
         OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
     ckpt_path = resolve_ckpt_path(cfg)
+    if own is not None and own.name == "last.ckpt":
+        ckpt_path = str(own)
+        print(f"[ilora] {out_dir} holds this run unfinished (requeued?): resuming in place from {own}", flush=True)
     check_checkpoint_fits(cfg, ckpt_path, resume=True)
     parts = build_all(cfg)
     model, datamodule = parts["model"], parts["datamodule"]
@@ -62,8 +68,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     fitted = trainable > 0 and int(cfg.trainer.get("max_steps", -1)) != 0
     if fitted:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    test_ckpt = _test_checkpoint(cfg, trainer) if fitted else None
-    trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True)
+    objective = cfg.get("optimized_metric")
+    if objective and objective not in flat_metrics(trainer.callback_metrics):
+        trainer.validate(model, datamodule=datamodule, verbose=False)  # a search's objective: the final weights
+    if cfg.get("test", True):
+        test_ckpt = _test_checkpoint(cfg, trainer) if fitted else None
+        trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True)
 
     metrics = {k: v for k, v in flat_metrics(trainer.callback_metrics).items() if k.startswith(("val/", "test/"))}
     for result in model.eval_results.values():  # the last epoch's full set, not a step value
@@ -82,6 +92,17 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     return metrics, {"trainer": trainer, **parts}
 
 
+def objective_name(cfg: DictConfig) -> str:
+    """The metric a sweeper optimises: `optimized_metric`, which must be a validation metric (never test)."""
+    name = cfg.get("optimized_metric")
+    if name is None:
+        return "test/rank_hr@1"
+    if not str(name).startswith("val/"):
+        raise ConfigError(f"optimized_metric={name}: a search must optimise a validation metric (val/...), "
+                          "never the test split")
+    return str(name)
+
+
 def _test_checkpoint(cfg: DictConfig, trainer: pl.Trainer) -> str | None:
     """`best` falls back to the current weights when no checkpoint was written (e.g. no validation ran)."""
     choice = cfg.get("test_ckpt", "best")
@@ -91,7 +112,7 @@ def _test_checkpoint(cfg: DictConfig, trainer: pl.Trainer) -> str | None:
     return choice
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
     try:
         metrics, _ = train(cfg)
@@ -108,7 +129,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         if isinstance(error, IloraError):
             raise SystemExit(2) from None
         raise
-    return metrics.get("test/rank_hr@1")
+    return metrics.get(objective_name(cfg))
 
 
 def main() -> None:

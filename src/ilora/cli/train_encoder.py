@@ -13,7 +13,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ilora.cli import CONFIG_DIR
+from ilora.cli import CONFIG_PATH
 from ilora.cli.common import task_wrapper, write_json
 from ilora.cli.runs import report_failure
 from ilora.encoders.train import train_encoder
@@ -36,7 +36,7 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], Any]:
     return metrics, encoder
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train_encoder")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train_encoder")
 def _hydra_main(cfg: DictConfig) -> float:
     try:
         metrics, _ = run(cfg)

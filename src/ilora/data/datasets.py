@@ -78,7 +78,9 @@ def resolve_dataset_dir(directory: str | os.PathLike) -> Path:
             )
         path = default_data_dir() / str(path)
     if not path.is_dir():
-        raise DataError(f"{path}: dataset directory not found (run `ilora-data import-llara` to create it)")
+        raise DataError(f"{path}: dataset directory not found; point data.dir=<dataset folder> or the ILORA_DATA "
+                        "environment variable (the folder holding movielens/, lastfm/, ...) at it, or create it with "
+                        "`ilora-data import-llara`")
     return path
 
 

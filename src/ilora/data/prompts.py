@@ -119,9 +119,10 @@ NUM_CANDIDATES = "{num_candidates}"
 
 
 def prompts_dir() -> Path:
-    """`$ILORA_ROOT/conf/prompts`, else the repository's `conf/prompts` (found from this file)."""
-    root = Path(os.environ["ILORA_ROOT"]) if os.environ.get("ILORA_ROOT") else Path(__file__).resolve().parents[3]
-    return root / "conf" / "prompts"
+    """`$ILORA_ROOT/conf/prompts`, else the package's own `conf/prompts` (installed or in the checkout)."""
+    if os.environ.get("ILORA_ROOT"):
+        return Path(os.environ["ILORA_ROOT"]) / "conf" / "prompts"
+    return Path(__file__).resolve().parents[1] / "conf" / "prompts"
 
 
 def prompt_file(domain: str, source: str | os.PathLike | None = None) -> Path:

@@ -1,0 +1,1 @@
+"""iLoRA: instance-wise LoRA for LLM-based sequential recommendation."""
