@@ -21,8 +21,15 @@ TINY = ["backbone=tiny_random", f"backbone.cache_dir={CACHE}/backbones/smollm2_1
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     """The wheel built from this checkout, installed without its dependencies (this venv has them) elsewhere."""
+    import shutil
+
     root = tmp_path_factory.mktemp("installed")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(REPO),
+    source = root / "source"  # a copy: setuptools writes build/ and *.egg-info beside the sources it builds
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copyfile(REPO / name, source / name)
+    shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(source),
                     "-w", str(root / "dist")], check=True, capture_output=True)
     (wheel,) = (root / "dist").glob("ilora-*.whl")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(root / "site"),

@@ -1,1 +1,0 @@
-"""iLoRA: instance-wise LoRA for LLM-based sequential recommendation."""
