@@ -109,22 +109,3 @@ def test_cluster_bootstrap_resamples_whole_users():
     with pytest.raises(ValueError, match="must match"):
         cluster_bootstrap_ci(np.ones(3), np.arange(2))
 
-
-def test_seed_user_bootstrap_reduces_to_the_user_bootstrap_and_widens_with_training_noise():
-    from ilora.metrics import cluster_bootstrap_ci, seed_user_bootstrap_ci
-
-    rng = np.random.default_rng(0)
-    users = np.repeat(np.arange(60), 8)
-    a, b = (rng.random((1, users.size)) < 0.3).astype(float), (rng.random((1, users.size)) < 0.25).astype(float)
-    assert seed_user_bootstrap_ci(a, b, users) == cluster_bootstrap_ci(a[0] - b[0], users)  # one run each
-    # three runs of a that disagree (training noise): the interval must widen beyond the user-only one
-    noisy = np.stack([(rng.random(users.size) < p).astype(float) for p in (0.15, 0.3, 0.45)])
-    steady = np.stack([(rng.random(users.size) < 0.3).astype(float) for _ in range(3)])
-    low, high = seed_user_bootstrap_ci(noisy, steady, users)
-    user_low, user_high = cluster_bootstrap_ci(noisy.mean(0) - steady.mean(0), users)
-    assert high - low > 1.5 * (user_high - user_low)
-    # identical runs: a constant difference has a zero-width interval at that constant
-    same = np.tile((rng.random(users.size) < 0.5).astype(float), (3, 1))
-    assert seed_user_bootstrap_ci(same + 0.25, same, users) == pytest.approx((0.25, 0.25))
-    with pytest.raises(ValueError, match="same N"):
-        seed_user_bootstrap_ci(a, b[:, :5], users)

@@ -105,37 +105,3 @@ def cluster_bootstrap_ci(
     means = sums[picks].sum(axis=1) / counts[picks].sum(axis=1)
     low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
     return float(low), float(high)
-
-
-def seed_user_bootstrap_ci(
-    a: np.ndarray, b: np.ndarray, clusters: np.ndarray, num_samples: int = 1000, alpha: float = 0.05, seed: int = 0,
-) -> tuple[float, float]:
-    """Percentile interval of mean(a) - mean(b) that resamples training runs as well as users.
-
-    a [S_a, N], b [S_b, N]: per-example values of each method's seeds on the same N examples; clusters [N] (users).
-    Each sample draws S_a seeds of a and S_b seeds of b with replacement (their per-example means), and the users
-    with replacement (all their rows). Training noise between runs of one method, which resampling users alone
-    ignores, then widens the interval; with one seed per method it reduces to the paired user bootstrap and says
-    nothing about training noise.
-    """
-    a, b = np.atleast_2d(np.asarray(a, float)), np.atleast_2d(np.asarray(b, float))
-    if a.shape[1] != b.shape[1] or a.shape[1] == 0:
-        raise ValueError(f"a {a.shape} and b {b.shape} must be [seeds, N] over the same N > 0 examples")
-    if not 0.0 < alpha < 1.0 or num_samples < 1:
-        raise ValueError(f"need 0 < alpha < 1 and num_samples >= 1, got alpha={alpha}, num_samples={num_samples}")
-    _, member = np.unique(np.asarray(clusters), return_inverse=True)
-    if member.size != a.shape[1]:
-        raise ValueError(f"clusters ({member.size}) must match the {a.shape[1]} examples")
-    # per user and seed: the sum of the user's rows, so that a sample is a few small matrix lookups
-    sum_a = np.stack([np.bincount(member, weights=row) for row in a])  # [S_a, G]
-    sum_b = np.stack([np.bincount(member, weights=row) for row in b])  # [S_b, G]
-    counts = np.bincount(member).astype(float)
-    rng = np.random.default_rng(seed)
-    users = rng.integers(0, counts.size, size=(num_samples, counts.size))  # [num_samples, G]
-    seeds_a = rng.integers(0, a.shape[0], size=(num_samples, a.shape[0]))
-    seeds_b = rng.integers(0, b.shape[0], size=(num_samples, b.shape[0]))
-    rows = np.arange(num_samples)[:, None]
-    diff = sum_a[seeds_a].mean(1)[rows, users].sum(1) - sum_b[seeds_b].mean(1)[rows, users].sum(1)
-    means = diff / counts[users].sum(1)
-    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
-    return float(low), float(high)

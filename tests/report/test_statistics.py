@@ -89,3 +89,26 @@ def test_paired_differences_pair_by_seed_on_the_examples_both_scored():
     unshared = paired(seed_matrix({0: a[0]}), seed_matrix({3: b[3]}))
     assert unshared.seeds == [] and set(unshared.intervals) == {"users"}
     assert paired(seed_matrix({0: a[0]}), seed_matrix({0: (np.arange(20, 25),) * 2 + (np.ones(5),)})) is None
+
+
+def test_the_seeds_and_users_bootstrap_reduces_to_the_user_bootstrap_and_widens_with_training_noise():
+    """(moved from test_metrics with the function: the study's dropped percentile interval, kept for the
+    coverage measurement)"""
+    from ilora.metrics import cluster_bootstrap_ci
+    from ilora.report.statistics import seeds_users_ci
+
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(60), 8)
+    a, b = (rng.random((1, users.size)) < 0.3).astype(float), (rng.random((1, users.size)) < 0.25).astype(float)
+    assert seeds_users_ci(a - b, users) == cluster_bootstrap_ci(a[0] - b[0], users)  # one run each
+    # three runs of a that disagree (training noise): the interval must widen beyond the user-only one
+    noisy = np.stack([(rng.random(users.size) < p).astype(float) for p in (0.15, 0.3, 0.45)])
+    steady = np.stack([(rng.random(users.size) < 0.3).astype(float) for _ in range(3)])
+    low, high = seeds_users_ci(noisy - steady, users)
+    user_low, user_high = cluster_bootstrap_ci(noisy.mean(0) - steady.mean(0), users)
+    assert high - low > 1.5 * (user_high - user_low)
+    # identical runs: a constant difference has a zero-width interval at that constant
+    same = np.tile((rng.random(users.size) < 0.5).astype(float), (3, 1))
+    assert seeds_users_ci((same + 0.25) - same, users) == pytest.approx((0.25, 0.25))
+    with pytest.raises(ValueError, match="same N"):
+        seeds_users_ci((a - b)[:, :5], users)

@@ -14,15 +14,16 @@ from pathlib import Path
 import numpy as np
 
 from ilora.report.statistics import (
+    ALPHA,
     ESTIMANDS,
     INTERVALS,
     REPORTED,
     SeedMatrix,
+    aligned,
     intervals,
     metric_values,
     paired,
     seed_matrix,
-    two_way_components,
 )
 
 METRICS = ("rank_hr@1", "rank_hr@5", "rank_ndcg@5")
@@ -54,15 +55,15 @@ def summarise(records: Sequence[dict], sasrec: dict[str, dict], panels: Sequence
             by_method["sasrec"] = [{**{k: [sasrec[key][k][i] for i in rows] for k in ("index", "user", "target_rank")},
                                     "dataset": data, "protocol": protocol, "method": "sasrec", "seed": 0}]
         for method, members in by_method.items():
-            first = matrix(members, METRICS[0])
+            matrices = {metric: matrix(members, metric) for metric in METRICS}
+            first = matrices[METRICS[0]]
             row = {"dataset": data, "protocol": protocol, "method": method, "seeds": first.seeds,
                    "n_test": int(first.index.size), "n_users": int(np.unique(first.users).size)}
             if method == "sasrec":  # the encoder that steered the LLM runs, or only one trained like it?
                 steering = {r.get("encoder_sha256") for m, rs in by_method.items() if m != "sasrec" for r in rs}
                 row["encoder_of_the_runs"] = (None if None in steering
                                               else steering == {sasrec[key].get("encoder_sha256")})
-            for metric in METRICS:
-                found = matrix(members, metric)
+            for metric, found in matrices.items():
                 per_seed = found.values.mean(1)
                 row[metric] = float(found.values.mean())
                 row[f"{metric}_per_seed"] = [float(v) for v in per_seed]
@@ -75,18 +76,13 @@ def summarise(records: Sequence[dict], sasrec: dict[str, dict], panels: Sequence
             entry = {"dataset": data, "protocol": protocol, "difference": f"{a} - {b}",
                      "seeds": [[r["seed"] for r in by_method[m]] for m in (a, b)]}
             for metric in PAIRED_METRICS:
-                ma, mb = matrix(by_method[a], metric), matrix(by_method[b], metric)
-                found = paired(ma, mb)
+                found = paired(matrix(by_method[a], metric), matrix(by_method[b], metric))
                 if found is None:
                     continue
                 entry.update(n_test=found.num_examples, n_users=found.num_users, paired_seeds=found.seeds)
                 entry[metric] = {"mean": found.mean, "per_seed": found.per_seed, "intervals": found.intervals}
-                if len(found.seeds) >= 2:  # the variance components the power calculation projects from
-                    common = np.intersect1d(ma.index, mb.index)
-                    x = ma.take(common, found.seeds) - mb.take(common, found.seeds)
-                    ms_seed, ms_user, ms_resid, s, g = two_way_components(x, ma.users[np.searchsorted(ma.index, common)])
-                    entry[metric]["mean_squares"] = {"seeds": ms_seed, "users": ms_user, "residual": ms_resid,
-                                                     "num_seeds": s, "num_users": g}
+                if found.mean_squares:  # the variance components the power calculation projects from
+                    entry[metric]["mean_squares"] = found.mean_squares
             paired_rows.append(entry)
     return {"summary": summary, "paired": paired_rows}
 
@@ -102,8 +98,7 @@ def coverage(records: Sequence[dict], panels: Sequence[tuple[str, str]], pair: t
         a, b = (matrix(_select(records, data, protocol, m), "rank_hr@1") for m in pair)
         if a is None or b is None or min(len(a.seeds), len(b.seeds)) < 2:
             continue
-        common = np.intersect1d(a.index, b.index)
-        users = a.users[np.searchsorted(a.index, common)]
+        common, users = aligned(a, b)
         model = simulation.fit(a.take(common), b.take(common), users)
         out.append({"dataset": data, "protocol": protocol, "difference": f"{pair[0]} - {pair[1]}",
                     "fitted_to_seeds": [a.seeds, b.seeds], "model": model.as_dict(), "replicates": replicates,
@@ -121,7 +116,7 @@ def _half_widths(ms: dict, seeds: int) -> tuple[float, float]:
     seed_var = max((ms["seeds"] - resid) / g, 0.0)  # between-seed variance of a run's mean, beyond its own noise
     user_var = max((ms["users"] - resid) / s0, 0.0)  # of a user's expected difference
     m_seed = g * seed_var + resid  # expected MS_seeds, whatever the seed count
-    t_seed, t_user = stats.t.ppf(0.975, seeds - 1), stats.t.ppf(0.975, g - 1)
+    t_seed, t_user = stats.t.ppf(1 - ALPHA / 2, seeds - 1), stats.t.ppf(1 - ALPHA / 2, g - 1)
     two_way = np.sqrt((t_seed ** 2 * m_seed + t_user ** 2 * seeds * user_var) / (seeds * g))
     seed_t = t_seed * np.sqrt(m_seed / (seeds * g))
     return float(two_way), float(seed_t)

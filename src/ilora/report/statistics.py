@@ -124,8 +124,7 @@ def seed_matrix(per_seed: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]) 
         common = np.intersect1d(common, per_seed[s][0])
     if common.size == 0:
         return None
-    common = np.sort(common)
-    rows, users = [], None
+    rows, users = [], None  # np.intersect1d returns the shared ids sorted
     for s in seeds:
         index, user, values = per_seed[s]
         order = np.argsort(index)
@@ -180,10 +179,14 @@ def example_values(runs: Sequence[Run], metric: str) -> tuple[np.ndarray, np.nda
 # ------------------------------------------------------------------------------------------------ intervals
 
 
-def _clusters(users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(member [N] in 0..G-1, counts [G]) of the user clusters."""
+def user_sums(x: np.ndarray, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sums [S, G] of each seed's values over each user's examples, counts [G] of examples per user)."""
+    x = np.atleast_2d(np.asarray(x, float))
     _, member = np.unique(np.asarray(users), return_inverse=True)
-    return member, np.bincount(member).astype(float)
+    if member.size != x.shape[1]:
+        raise ValueError(f"users ({member.size}) must match the {x.shape[1]} examples of x: the same N")
+    counts = np.bincount(member).astype(float)
+    return np.stack([np.bincount(member, weights=row, minlength=counts.size) for row in x]), counts
 
 
 def users_ci(x: np.ndarray, users: np.ndarray, seed: int = 0) -> tuple[float, float]:
@@ -212,8 +215,7 @@ def seeds_users_ci(x: np.ndarray, users: np.ndarray, seed: int = 0) -> tuple[flo
     With S seeds there are only C(2S-1, S) distinct seed resamples and their spread is (S-1)/S of the sample's:
     too narrow at a handful of seeds (see the coverage in the study README)."""
     x = np.atleast_2d(np.asarray(x, float))
-    member, counts = _clusters(users)
-    sums = np.stack([np.bincount(member, weights=row, minlength=counts.size) for row in x])  # [S, G]
+    sums, counts = user_sums(x, users)  # [S, G], [G]
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, counts.size, size=(NUM_SAMPLES, counts.size))  # [B, G]
     rows = rng.integers(0, x.shape[0], size=(NUM_SAMPLES, x.shape[0]))  # [B, S]
@@ -238,8 +240,7 @@ def user_table(x: np.ndarray, users: np.ndarray) -> np.ndarray:
     """`[S, G]` per-user values whose mean over users is each seed's mean over examples (users with several windows
     weighted by their count: the linearised ratio estimator), so that users can be treated as equal cells."""
     x = np.atleast_2d(np.asarray(x, float))
-    member, counts = _clusters(users)
-    sums = np.stack([np.bincount(member, weights=row, minlength=counts.size) for row in x])  # [S, G]
+    sums, counts = user_sums(x, users)  # [S, G], [G]
     mean_count = counts.mean()
     return sums / mean_count - x.mean() * (counts / mean_count - 1.0)
 
@@ -324,6 +325,12 @@ def intervals(x: np.ndarray, users: np.ndarray, names: Sequence[str] | None = No
     return out
 
 
+def aligned(a: SeedMatrix, b: SeedMatrix) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, users) of the examples both matrices scored, sorted by id."""
+    common = np.intersect1d(a.index, b.index)
+    return common, a.users[np.searchsorted(a.index, common)]
+
+
 @dataclass
 class Paired:
     """a - b on the examples both scored, over the seeds both ran (paired by seed; without a shared seed: each
@@ -335,23 +342,24 @@ class Paired:
     intervals: dict[str, dict[str, Any]]
     num_examples: int
     num_users: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"mean": self.mean, "seeds": self.seeds, "per_seed": self.per_seed, "intervals": self.intervals,
-                "n_test": self.num_examples, "n_users": self.num_users}
+    mean_squares: dict[str, float] | None = None  # of the seeds x users table, from two shared seeds on (power)
 
 
 def paired(a: SeedMatrix, b: SeedMatrix) -> Paired | None:
-    common = np.intersect1d(a.index, b.index)
+    common, users = aligned(a, b)
     if common.size == 0:
         return None
-    users = a.users[np.searchsorted(a.index, common)]
     seeds = [s for s in a.seeds if s in b.seeds]
+    mean_squares = None
     if seeds:
         x = a.take(common, seeds) - b.take(common, seeds)  # [S, N], paired by seed
         found = intervals(x, users)
+        if len(seeds) >= 2:
+            ms_seed, ms_user, ms_resid, s, g = two_way_components(x, users)
+            mean_squares = {"seeds": ms_seed, "users": ms_user, "residual": ms_resid, "num_seeds": s, "num_users": g}
     else:
         x = (a.take(common).mean(0) - b.take(common).mean(0))[None]
         found = intervals(x, users, names=["users"])
     return Paired(mean=float(x.mean()), seeds=seeds, per_seed={str(s): float(row.mean()) for s, row in zip(seeds, x)},
-                  intervals=found, num_examples=int(common.size), num_users=int(np.unique(users).size))
+                  intervals=found, num_examples=int(common.size), num_users=int(np.unique(users).size),
+                  mean_squares=mean_squares)
