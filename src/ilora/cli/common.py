@@ -110,10 +110,16 @@ def is_rank_zero() -> bool:
 
 def write_json(path: str | Path, payload: Mapping[str, Any]) -> None:
     """Write JSON atomically (temp file, then rename) so a crash never leaves half a file."""
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True, default=_jsonable) + "\n")
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write through a temporary sibling named after this process, then rename: neither a crash nor a second
+    process writing the same file (two study lanes) ever leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=_jsonable) + "\n", encoding="utf-8")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
 
 

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ilora import project_root
 from ilora.errors import DataError
 from ilora.jsonfile import read_json_object
 
@@ -58,12 +59,12 @@ class RecData:
 
 
 def default_data_dir() -> Path:
-    """`$ILORA_DATA`, else `$ILORA_ROOT/data`, else the repository's `data/` (found from this file)."""
+    """`$ILORA_DATA`, else `$ILORA_ROOT/data`, else `data/` of the checkout (or of the current directory)."""
     if os.environ.get("ILORA_DATA"):
         return Path(os.environ["ILORA_DATA"])
     if os.environ.get("ILORA_ROOT"):
         return Path(os.environ["ILORA_ROOT"]) / "data"
-    return Path(__file__).resolve().parents[3] / "data"
+    return project_root() / "data"
 
 
 def resolve_dataset_dir(directory: str | os.PathLike) -> Path:
