@@ -305,6 +305,19 @@ def _curve(attempts: list[Path]) -> list[dict]:
     return [{k: v for k, v in r.items() if k in keep} for r in rows]
 
 
+def _wall_time(attempts: list[Path]) -> float:
+    """Seconds of training over every attempt of a run (each attempt's own metrics.json)."""
+    return sum(json.loads((a / "metrics.json").read_text()).get("wall_time_s", 0.0)
+               for a in attempts if (a / "metrics.json").is_file())
+
+
+def _provenance(data: str) -> dict:
+    """Where and when a record was made: machine, commit, time, load (> cores: the timing shared the machine) and
+    the SHA-256 of the SASRec weights that steered the run."""
+    return {"machine": machine(), "commit": commit(), "recorded": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "load_avg_1m": round(os.getloadavg()[0], 2), "encoder_sha256": encoder_digest(data)}
+
+
 def record(data: str, protocol: str, method: str, seed: int, directory: Path, attempts: list[Path]) -> dict:
     """The per-run JSON: metrics, per-example ranks, learning curve, budget and wall time."""
     import yaml
@@ -314,18 +327,14 @@ def record(data: str, protocol: str, method: str, seed: int, directory: Path, at
     config = yaml.safe_load((attempts[-1] / "config.yaml").read_text())
     trained = method != "frozen"
     per_step = int(config["data"]["batch_size"]) * int(config["trainer"]["accumulate_grad_batches"])
-    train_wall = sum(json.loads((a / "metrics.json").read_text()).get("wall_time_s", 0.0)
-                     for a in attempts if (a / "metrics.json").is_file())
+    train_wall = _wall_time(attempts)
     eval_wall = metrics.get("wall_time_s", 0.0) if directory not in attempts else 0.0
     return {
         "dataset": data, "protocol": protocol, "method": method, "seed": seed,
         "rank_hr@1": metrics["test/rank_hr@1"], "rank_hr@5": metrics["test/rank_hr@5"],
         "rank_ndcg@5": metrics["test/rank_ndcg@5"], "n_test": int(metrics["test/num_examples"]),
         "train_examples": int(config["trainer"]["max_steps"]) * per_step if trained else 0,
-        "wall_time_s": round(train_wall + eval_wall, 1), "attempts": len(attempts),
-        "machine": machine(), "recorded": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit(),
-        "load_avg_1m": round(os.getloadavg()[0], 2),  # > cores: the timing shared the machine
-        "encoder_sha256": encoder_digest(data),
+        "wall_time_s": round(train_wall + eval_wall, 1), "attempts": len(attempts), **_provenance(data),
         "index": index, "user": users, "target_rank": ranks, "curve": _curve(attempts) if trained else [],
         "gate": gate_summary(gates),
         "config": {"model.loss": config["model"]["loss"], "data.prompt": config["data"]["prompt"],
@@ -461,13 +470,9 @@ def validation_overrides(data: str, method: str, seed: int, lr: float, examples:
 
 def validation_record(data: str, method: str, seed: int, lr: float, examples: int, attempts: list[Path]) -> dict:
     """A validation run's curve (every 512 examples, all val users), budget, wall time and machine."""
-    wall = sum(json.loads((a / "metrics.json").read_text()).get("wall_time_s", 0.0)
-               for a in attempts if (a / "metrics.json").is_file())
     return {"dataset": data, "method": method, "seed": seed, "lr": lr, "train_examples": examples,
-            "val_every": VAL_EVERY, "curve": _curve(attempts), "wall_time_s": round(wall, 1), "attempts": len(attempts),
-            "machine": machine(), "threads": os.environ.get("OMP_NUM_THREADS"), "commit": commit(),
-            "recorded": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_avg_1m": round(os.getloadavg()[0], 2),
-            "encoder_sha256": encoder_digest(data)}
+            "val_every": VAL_EVERY, "curve": _curve(attempts), "wall_time_s": round(_wall_time(attempts), 1),
+            "attempts": len(attempts), "threads": os.environ.get("OMP_NUM_THREADS"), **_provenance(data)}
 
 
 def run_validation(only: list[str] | None, extra: list[str], dry_run: bool, lane: tuple[int, int]) -> None:

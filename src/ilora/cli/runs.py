@@ -34,41 +34,38 @@ class RunDirInUse(ConfigError):
     """The run directory already holds another run's files (which must stay untouched)."""
 
 
-def unfinished_own_run(cfg: DictConfig, out_dir: str | Path) -> Path | None:
-    """The `last.ckpt` to continue when `out_dir` already holds this very run, unfinished.
+def unfinished_own_run(cfg: DictConfig, out_dir: str | Path) -> bool:
+    """Does `out_dir` already hold this very run, unfinished?
 
     A job that a cluster requeued after a timeout or preemption (submitit's checkpointing, SLURM `--requeue`), or a
     multirun launched again over the same sweep directory, re-enters its own directory with its own config. When
     the directory's `config.yaml` is this config (the resume source aside) and its status is neither completed nor
-    failed, the run continues from its own `checkpoints/last.ckpt` in place (a new start in place when none was
-    written yet); any other occupied directory is refused by `claim_run_dir`, as before.
+    failed, the run continues in place, from its own `checkpoints/last.ckpt` when one was written; any other
+    occupied directory is refused by `claim_run_dir`, as before.
     """
     import yaml
 
     out_dir = Path(out_dir)
     saved = out_dir / "config.yaml"
     if not saved.is_file():
-        return None
+        return False
     try:
         status = json.loads((out_dir / "status.json").read_text()).get("status")
     except FileNotFoundError:
         status = None
     except (OSError, ValueError, AttributeError):
-        return None
+        return False
     if status not in (None, "interrupted"):
-        return None
+        return False
     try:
         theirs = yaml.safe_load(saved.read_text())
     except (OSError, yaml.YAMLError):
-        return None
+        return False
     ours = OmegaConf.to_container(cfg, resolve=True)
     for config in (theirs, ours):
         if isinstance(config, dict):
             config.pop("ckpt_path", None)
-    if theirs != ours:
-        return None
-    last = out_dir / "checkpoints" / "last.ckpt"
-    return last if last.is_file() else out_dir
+    return theirs == ours
 
 
 def claim_run_dir(out_dir: str | Path) -> None:

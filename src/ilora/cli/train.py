@@ -45,17 +45,18 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         with open_dict(cfg):
             cfg.data.prompts = absolute_source(cfg.data.prompts)
     own = unfinished_own_run(cfg, out_dir)  # a requeued job back in its own directory: continue it in place
-    if own is None and is_rank_zero():
+    if not own and is_rank_zero():
         claim_run_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if is_rank_zero() and own is None:
+    if is_rank_zero() and not own:
         OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
     ckpt_path = resolve_ckpt_path(cfg)
-    if own is not None and own.name == "last.ckpt":
-        ckpt_path = str(own)
-        print(f"[ilora] {out_dir} holds this run unfinished (requeued?): resuming in place from {own}", flush=True)
+    last = out_dir / "checkpoints" / "last.ckpt"
+    if own and last.is_file():
+        ckpt_path = str(last)
+        print(f"[ilora] {out_dir} holds this run unfinished (requeued?): resuming in place from {last}", flush=True)
     check_checkpoint_fits(cfg, ckpt_path, resume=True)
     parts = build_all(cfg)
     model, datamodule = parts["model"], parts["datamodule"]
