@@ -193,6 +193,22 @@ def test_validation_runs_are_planned_once_and_split_between_lanes(study, capsys)
     assert len(lanes[0]) + len(lanes[1]) == len(plan) and not set(lanes[0]) & set(lanes[1])
 
 
+def test_a_run_resumes_from_its_newest_saved_checkpoint_past_attempts_that_saved_none(study, tmp_path, capsys):
+    base = tmp_path / "run"
+    for name in ("attempt0", "attempt1", "attempt2"):
+        (base / name).mkdir(parents=True)
+    for name in ("attempt0", "attempt1"):  # attempt2 stopped while loading, before its first save
+        (base / name / "checkpoints").mkdir()
+        (base / name / "checkpoints" / "last.ckpt").write_bytes(name.encode())
+    assert study.train_run(base, ["data=lastfm"], [], dry_run=True) == base / "attempt3"
+    command = capsys.readouterr().out
+    assert f"ckpt_path={base / 'attempt1' / 'checkpoints' / 'last.ckpt'}" in command
+    assert f"hydra.run.dir={base / 'attempt3'}" in command
+    # nothing saved anywhere: a fresh start, not a resume
+    assert study.train_run(tmp_path / "fresh", ["data=lastfm"], [], dry_run=True) == tmp_path / "fresh" / "attempt0"
+    assert "ckpt_path=" not in capsys.readouterr().out
+
+
 def _assert_same(got, want, where="results"):
     """Equal structure and values; floats to 1e-9 (another numpy build may round a sum differently)."""
     if isinstance(want, dict):

@@ -236,9 +236,10 @@ def train_run(base: Path, overrides: list[str], extra: list[str], dry_run: bool)
     attempts = _attempts(base)
     if attempts and _completed(attempts[-1]):
         return attempts[-1]
-    resume = []
-    if attempts and (attempts[-1] / "checkpoints" / "last.ckpt").is_file():
-        resume = [f"ckpt_path={attempts[-1] / 'checkpoints' / 'last.ckpt'}"]
+    # the newest last.ckpt: an attempt stopped before its first save (a session ending while it loaded) has none,
+    # and must not send the run back to step 0
+    saved = [a / "checkpoints" / "last.ckpt" for a in reversed(attempts) if (a / "checkpoints" / "last.ckpt").is_file()]
+    resume = [f"ckpt_path={saved[0]}"] if saved else []
     attempt = base / f"attempt{len(attempts)}"
     args = [str(BIN / "ilora-train"), "experiment=study", *overrides, *extra, *resume, f"hydra.run.dir={attempt}"]
     code = _call(args, base / "train.log", dry_run)
