@@ -157,7 +157,12 @@ def test_the_powered_study_trains_each_method_at_its_learning_rate_chosen_on_val
     plan = study.planned(study=study.POWERED)
     assert {(m, len([r for r in plan if r[:2] == ("lastfm", m)])) for m in study.POWERED.seeds} == {
         ("lora_k1", 8), ("ilora_k4", 8), ("uniform_k4", 3), ("frozen", 1)}
-    assert plan[:2] == [("movielens", "lora_k1", 0), ("movielens", "ilora_k4", 0)]  # pairs first, seed by seed
+    assert plan[:4] == [("movielens", "frozen", 0), ("lastfm", "frozen", 0),  # then pairs first, seed by seed
+                        ("movielens", "lora_k1", 1), ("movielens", "ilora_k4", 1)]
+    # seed 0 trained the learning-rate check; its run at the chosen rate was selected on validation, so the
+    # comparison's seeds are others, and the uniform gate's are a subset of them (paired by seed)
+    assert {s for _, m, s in plan if m != "frozen"} == set(range(1, 9))
+    assert {s for _, m, s in plan if m == "uniform_k4"} <= {s for _, m, s in plan if m == "lora_k1"}
     # before the learning-rate check the dry run shows the gap, and a real run stops with one line
     assert study.main(["--dry-run", "--results", str(tmp_path / "r")]) == 0
     printed = capsys.readouterr().out
@@ -165,7 +170,7 @@ def test_the_powered_study_trains_each_method_at_its_learning_rate_chosen_on_val
     assert printed.count("model.optimizer.lr=PENDING_LR_CHECK") == len(plan) - 2  # all but the frozen LLM
     assert f"trainer.max_steps={study.BUDGET // 8}" in printed
     with pytest.raises(SystemExit, match="learning-rate check of movielens/lora_k1 is not recorded yet"):
-        study.main(["--results", str(tmp_path / "r"), "--only", "movielens/lora_k1/0"])
+        study.main(["--results", str(tmp_path / "r"), "--only", "movielens/lora_k1/1"])
     # the recorded check decides: best final val HR@1, ties broken by val MRR
     study.VALIDATION_DIR.mkdir()
     scores = {3e-4: (0.20, 0.40), 1e-3: (0.25, 0.41), 3e-3: (0.25, 0.45)}
