@@ -277,8 +277,9 @@ def test_gpu_study_script_dry_run_plans_one_epoch_of_k1_and_k4_on_cuda(tmp_path)
     assert not (tmp_path / "out").exists()
 
 
-def test_the_readmes_quote_results_json_and_the_validation_summary(study):
+def test_the_readmes_quote_results_json_and_the_validation_summary(study, capsys):
     """The results sections are generated from results.json (`run.py --readme`), not typed: a test keeps them so."""
+    from ilora.report import dynamics
     from ilora.report import records as analysis
 
     readme, study_readme = ((REPO / "README.md").read_text(), (study.HERE / "README.md").read_text())
@@ -290,6 +291,10 @@ def test_the_readmes_quote_results_json_and_the_validation_summary(study):
         assert tables in study_readme, f"{results.name}: run.py --readme differs from experiments/study/README.md"
         assert tables in readme, f"{results.name}: run.py --readme differs from README.md"
         assert analysis.coverage_table(committed["coverage"]) in study_readme
+        assert dynamics.details_table(committed) in study_readme, f"{results.name}: curves, gate and cost differ"
+        assert study.main(["--readme", "--study", "first" if results == study.HERE else "powered"]) == 0
+        printed = capsys.readouterr().out  # what the README tells a user to run prints both
+        assert tables in printed and dynamics.details_table(committed) in printed
     summary = json.loads((study.VALIDATION_DIR / "summary.json").read_text())
     assert analysis.validation_table(summary) in study_readme
     found = [json.loads(p.read_text()) for p in sorted(study.VALIDATION_DIR.glob("*__b*.json"))]

@@ -420,6 +420,7 @@ def _write(path: Path, text: str) -> None:
 
 
 def write_results(study: Study, runs: list[dict], sasrec: dict[str, dict], coverage: bool = True) -> dict:
+    from ilora.report import dynamics
     from ilora.report import records as analysis
 
     panels = [(d, p) for d, ps in study.datasets.items() for p in ps]
@@ -429,15 +430,18 @@ def write_results(study: Study, runs: list[dict], sasrec: dict[str, dict], cover
                "runs": [{k: r[k] for k in ("dataset", "protocol", "method", "seed", "rank_hr@1", "rank_hr@5",
                                            "rank_ndcg@5", "n_test", "train_examples", "wall_time_s", "machine",
                                            "gate", "config") if k in r} for r in runs]}
-    results["cpu_hours"] = round(sum(r.get("wall_time_s", 0.0) for r in runs
-                                     if r["protocol"] == study.datasets[r["dataset"]][0]) / 3600, 2)
+    first_protocol = {d: ps[0] for d, ps in study.datasets.items()}
+    results["curves"] = dynamics.curves([r for r in runs if r["protocol"] == first_protocol[r["dataset"]]])
+    results["gate"] = dynamics.gate_use(runs)
+    results["cpu_hours"] = dynamics.cpu_hours(runs, first_protocol)
     if coverage:
         results["coverage"] = analysis.coverage(runs, panels, PAIRS[0])
         results["power"] = analysis.power(results["paired"], target=0.03)
     _write(study.results / "results.json", json.dumps(results, indent=2, sort_keys=True) + "\n")
     notes = {r.get("encoder_of_the_runs") for r in results["summary"] if r["method"] == "sasrec"}
     footnotes = "".join(f"\n{SASREC_FOOTNOTES[k]}" for k in (False, None) if k in notes)
-    _write(study.results / "table.md", analysis.table(results, SASREC_NOTES) + "\n" + footnotes)
+    _write(study.results / "table.md", analysis.table(results, SASREC_NOTES) + "\n" + footnotes + "\n"
+           + dynamics.details_table(results))
     analysis.plot(results, runs, study.results, panels, methods)
     return results
 
@@ -552,11 +556,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     names = [args.study] if args.study else (list(STUDIES) if args.table_only else [DEFAULT_STUDY])
     if args.readme:
+        from ilora.report import dynamics
         from ilora.report import records as analysis
 
         for name in names:
             path = (args.results or STUDIES[name].results) / "results.json"
-            print(analysis.readme_tables(json.loads(path.read_text())) if path.is_file() else f"{path}: not yet")
+            if not path.is_file():
+                print(f"{path}: not yet")
+                continue
+            results = json.loads(path.read_text())
+            print(f"<!-- {name}: the summary (README.md and the study README) -->\n{analysis.readme_tables(results)}")
+            print(f"<!-- {name}: training, gate, cost (the study README) -->\n{dynamics.details_table(results)}")
         return 0
     for name in names:
         study = STUDIES[name]

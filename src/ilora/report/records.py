@@ -364,10 +364,19 @@ def plot(results: dict, records: Sequence[dict], results_dir: Path, panels: Sequ
     fig, axes = plt.subplots(1, len(data_names), figsize=(5 * len(data_names), 3.6), squeeze=False)
     colours = {m: f"C{i}" for i, m in enumerate(methods)}
     for ax, data in zip(axes[0], data_names):
-        for r in (r for r in trained if r["dataset"] == data):
-            ax.plot([c["train_examples"] for c in r["curve"]], [c["val/rank_hr@1"] for c in r["curve"]], marker=".",
-                    color=colours.get(r["method"], "k"), label=f"{r['method']} s{r['seed']}")
-        ax.set(title=f"{data}: validation", xlabel="training examples seen", ylabel="val HR@1")
+        for r in (r for r in trained if r["dataset"] == data):  # each seed, faint
+            ax.plot([c["train_examples"] for c in r["curve"]], [c["val/rank_hr@1"] for c in r["curve"]],
+                    color=colours.get(r["method"], "k"), alpha=0.25, lw=0.8)
+        for c in (c for c in results.get("curves", []) if c["dataset"] == data):  # the mean, ± sd over seeds
+            points = [p for p in c["points"] if "val/rank_hr@1" in p]
+            x = np.asarray([p["train_examples"] for p in points])
+            mean = np.asarray([p["val/rank_hr@1"]["mean"] for p in points])
+            sd = np.asarray([p["val/rank_hr@1"]["sd"] or 0.0 for p in points])
+            colour = colours.get(c["method"], "k")
+            ax.plot(x, mean, marker=".", color=colour, label=f"{c['method']} ({len(c['seeds'])} seeds)")
+            ax.fill_between(x, mean - sd, mean + sd, color=colour, alpha=0.15, lw=0)
+        ax.set(title=f"{data}: validation (mean ± sd over seeds)", xlabel="training examples seen",
+               ylabel="val HR@1")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     fig.tight_layout()
