@@ -81,6 +81,14 @@ def cpu_hours(records: Sequence[dict], first_protocol: dict[str, str]) -> dict:
             "machines": machines}
 
 
+def _curve_cell(point: dict | None) -> str:
+    if not point or "val/rank_hr@1" not in point:
+        return "-"
+    hr1, hr5 = point["val/rank_hr@1"], point.get("val/rank_hr@5")
+    sd = f" ± {hr1['sd']:.3f}" if hr1["sd"] is not None else ""
+    return f"{hr1['mean']:.3f}{sd}" + (f" ({hr5['mean']:.3f})" if hr5 else "")
+
+
 def details_table(results: dict) -> str:
     """Markdown: the mean validation curves, the gate, the CPU hours (every number from `results`)."""
     lines = []
@@ -94,16 +102,8 @@ def details_table(results: dict) -> str:
                   "|---|---|---|" + "---|" * len(points)]
         for c in found:
             at = {p["train_examples"]: p for p in c["points"]}
-
-            def cell(n: int) -> str:
-                if n not in at or "val/rank_hr@1" not in at[n]:
-                    return "-"
-                hr1, hr5 = at[n]["val/rank_hr@1"], at[n].get("val/rank_hr@5")
-                sd = f" ± {hr1['sd']:.3f}" if hr1["sd"] is not None else ""
-                return f"{hr1['mean']:.3f}{sd}" + (f" ({hr5['mean']:.3f})" if hr5 else "")
-
             lines.append(f"| {c['dataset']} | {c['method']} | {len(c['seeds'])} | "
-                         + " | ".join(cell(n) for n in points) + " |")
+                         + " | ".join(_curve_cell(at.get(n)) for n in points) + " |")
         entropy = [c for c in found if any("val/gate_entropy" in p for p in c["points"])]
         if entropy:
             lines += ["", "Gate entropy on the val users during training (nats; uniform = log K), mean over seeds:",
