@@ -185,17 +185,20 @@ def planned(only: list[str] | None = None, datasets: list[str] | None = None, me
     return runs
 
 
+class CheckPending(Exception):
+    """A run's learning rate is not chosen yet: its learning-rate check has not been recorded."""
+
+
 def chosen_lr(data: str, method: str, directory: Path | None = None, missing_ok: bool = False) -> float | None:
     """The learning rate of `method` on `data` with the best validation HR@1 at the budget (ties: val MRR), from
-    the recorded learning-rate check; stops with one line naming what is missing (None with `missing_ok`)."""
+    the recorded learning-rate check; `CheckPending` naming what is missing (None with `missing_ok`)."""
     found = {}
     for lr in LR_GRID:
         path = (directory or VALIDATION_DIR) / f"{validation_name(data, method, 0, lr, BUDGET)}.json"
         if not path.is_file():
             if missing_ok:
                 return None
-            raise SystemExit(f"{path.name}: the learning-rate check of {data}/{method} is not recorded yet; run "
-                             f"`python experiments/study/run.py --validation` first")
+            raise CheckPending(f"{path.name}: the learning-rate check of {data}/{method} is not recorded yet")
         last = json.loads(path.read_text())["curve"][-1]
         found[lr] = (last["val/rank_hr@1"], last["val/rank_mrr"])
     return max(found, key=found.get)
@@ -568,6 +571,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"<!-- {name}: the summary (README.md and the study README) -->\n{analysis.readme_tables(results)}")
             print(f"<!-- {name}: training, gate, cost (the study README) -->\n{dynamics.details_table(results)}")
         return 0
+    waiting = 0
     for name in names:
         study = STUDIES[name]
         if args.results is not None:
@@ -577,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--datasets {' '.join(sorted(unknown))}: not in the {name} study ({', '.join(study.datasets)})")
         (study.results / "runs").mkdir(parents=True, exist_ok=True)
         if not args.table_only:
-            run_study(study, args, lane)
+            waiting += run_study(study, args, lane)
         if args.dry_run:
             continue
         if not args.table_only:
@@ -586,7 +590,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[study] {name}: " + (f"{study.results / 'table.md'}" if results else "no finished runs yet"))
     if args.table_only and not args.study and not args.results:
         write_validation()
-    return 0
+    if waiting:
+        print(f"[study] {waiting} run(s) wait for their learning-rate check: run `python experiments/study/run.py "
+              f"--validation` first, then this again", flush=True)
+    return 1 if waiting else 0
 
 
 def analysis_table(summary: dict | None) -> str:
@@ -595,7 +602,10 @@ def analysis_table(summary: dict | None) -> str:
     return analysis.validation_table(summary) if summary else "[study] no validation run recorded yet"
 
 
-def run_study(study: Study, args: argparse.Namespace, lane: tuple[int, int]) -> None:
+def run_study(study: Study, args: argparse.Namespace, lane: tuple[int, int]) -> int:
+    """Train, evaluate and record the lane's planned runs; the number left waiting for a learning-rate check (one
+    line each: the runs whose rate is chosen go on, so a dataset's seeds can start before the other's check ends)."""
+    waiting = 0
     for i, (data, method, seed) in enumerate(planned(args.only, args.datasets, args.methods, args.seeds, study)):
         if i % lane[1] != lane[0]:
             continue
@@ -604,11 +614,16 @@ def run_study(study: Study, args: argparse.Namespace, lane: tuple[int, int]) -> 
         if all(path.is_file() for path in recorded) and not args.redo:  # finished, e.g. in an earlier session
             print(f"[study] {data}/{method}/seed{seed}: recorded in {recorded[0].parent}, kept", flush=True)
             continue
+        try:
+            overrides = [f"data={data}", *method_overrides(study, data, method, args.dry_run), f"seed={seed}"]
+        except CheckPending as pending:
+            print(f"[study] {data}/{method}/seed{seed} waits: {pending}", flush=True)
+            waiting += 1
+            continue
         print(f"[study] {study.name} {data}/{method}/seed{seed}", flush=True)
         if not args.dry_run:
             pin_encoder(data)
         base = study.out() / run_name(data, method, seed)
-        overrides = [f"data={data}", *method_overrides(study, data, method, args.dry_run), f"seed={seed}"]
         attempt = train_run(base, overrides, args.extra, args.dry_run)
         if attempt is None:
             print(f"[study] {data}/{method}/seed{seed} FAILED: see {base}/train.log", flush=True)
@@ -627,6 +642,7 @@ def run_study(study: Study, args: argparse.Namespace, lane: tuple[int, int]) -> 
                        json.dumps(payload, sort_keys=True) + "\n")
         record_sasrec(study, [data])
         rebuild(study, coverage=False)  # results.json always shows every run finished so far
+    return waiting
 
 
 if __name__ == "__main__":
