@@ -218,6 +218,20 @@ def test_a_run_resumes_from_its_newest_saved_checkpoint_past_attempts_that_saved
     assert "ckpt_path=" not in capsys.readouterr().out
 
 
+def test_a_runs_wall_time_counts_its_stopped_attempts_from_start_to_last_write(study, tmp_path):
+    stopped, finished = tmp_path / "attempt0", tmp_path / "attempt1"
+    (stopped / "checkpoints").mkdir(parents=True)
+    finished.mkdir()
+    (stopped / "config.yaml").write_text("seed: 0\n")
+    (stopped / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    os.utime(stopped / "config.yaml", (1_000_000, 1_000_000))
+    os.utime(stopped / "checkpoints" / "last.ckpt", (1_000_600, 1_000_600))  # its last save, 10 minutes in
+    (finished / "config.yaml").write_text("seed: 0\n")
+    (finished / "metrics.json").write_text(json.dumps({"wall_time_s": 100.0}))
+    assert study._wall_time([stopped, finished]) == pytest.approx(700.0)
+    assert study._wall_time([tmp_path / "attempt9"]) == 0.0  # never started: nothing
+
+
 def _assert_same(got, want, where="results"):
     """Equal structure and values; floats to 1e-9 (another numpy build may round a sum differently)."""
     if isinstance(want, dict):

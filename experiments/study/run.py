@@ -311,10 +311,22 @@ def _curve(attempts: list[Path]) -> list[dict]:
     return [{k: v for k, v in r.items() if k in keep} for r in rows]
 
 
+def _attempt_seconds(attempt: Path) -> float:
+    """One attempt's wall time: its metrics.json when it finished; when it was stopped (a session ending), from its
+    start (config.yaml, written as it starts) to the last file it wrote, so the work it did still counts."""
+    metrics = attempt / "metrics.json"
+    if metrics.is_file():
+        return json.loads(metrics.read_text()).get("wall_time_s", 0.0)
+    start = attempt / "config.yaml"
+    if not start.is_file():
+        return 0.0
+    written = [p.stat().st_mtime for p in attempt.rglob("*") if p.is_file()]
+    return max(max(written) - start.stat().st_mtime, 0.0)
+
+
 def _wall_time(attempts: list[Path]) -> float:
-    """Seconds of training over every attempt of a run (each attempt's own metrics.json)."""
-    return sum(json.loads((a / "metrics.json").read_text()).get("wall_time_s", 0.0)
-               for a in attempts if (a / "metrics.json").is_file())
+    """Seconds of training over every attempt of a run, the stopped ones included."""
+    return sum(_attempt_seconds(a) for a in attempts)
 
 
 def _provenance(data: str) -> dict:
