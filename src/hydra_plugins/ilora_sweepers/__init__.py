@@ -22,6 +22,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+# Hydra's logging shows INFO from every library, and optuna's study file brings alembic, which announces its own
+# set-up (plugins, schema migrations) at import: not news to someone running a search
+logging.getLogger("alembic").setLevel(logging.WARNING)
+
 try:  # the `sweeps` extra; Hydra imports every plugin module at start-up, so its absence must not break a run
     from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 except ImportError:  # pragma: no cover - exercised only without the extra
@@ -63,6 +67,8 @@ def report_best(sweep_dir: Path, storage: str, study_name: str) -> dict[str, Any
     import optuna
     import yaml
 
+    from ilora.cli.common import write_text_atomic
+
     study = optuna.load_study(study_name=study_name, storage=storage)
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
@@ -73,7 +79,7 @@ def report_best(sweep_dir: Path, storage: str, study_name: str) -> dict[str, Any
     best_info = {"study": study_name, "storage": storage, "trial": best.number, "value": best.value,
                  "params": best.params, "run_dir": str(run_dir), "trials_complete": len(complete),
                  "trials_total": len(study.trials)}
-    (sweep_dir / "best_trial.yaml").write_text(yaml.safe_dump(best_info, sort_keys=False))
+    write_text_atomic(sweep_dir / "best_trial.yaml", yaml.safe_dump(best_info, sort_keys=False))
     config = run_dir / "config.yaml"
     print(f"[ilora] best trial #{best.number} of {len(study.trials)}: objective {best.value:.4f}", flush=True)
     print(f"[ilora]   params: {best.params}", flush=True)
