@@ -232,6 +232,18 @@ def test_a_runs_wall_time_counts_its_stopped_attempts_from_start_to_last_write(s
     assert study._wall_time([tmp_path / "attempt9"]) == 0.0  # never started: nothing
 
 
+def test_a_resumed_runs_curve_has_each_point_once_the_later_attempts(study, tmp_path):
+    first, second = tmp_path / "attempt0", tmp_path / "attempt1"
+    for attempt, rows in ((first, [(512, 0.1), (1024, 0.2)]), (second, [(1024, 0.3), (1536, 0.4)])):
+        attempt.mkdir()  # the second resumed from a save made before 1,024 and logged it again
+        (attempt / "curve.jsonl").write_text("".join(
+            json.dumps({"step": n // 8, "train_examples": n, "val/rank_hr@1": hr1, "lr": 1e-3}) + "\n"
+            for n, hr1 in rows))
+    curve = study._curve([first, second])
+    assert [(c["train_examples"], c["val/rank_hr@1"]) for c in curve] == [(512, 0.1), (1024, 0.3), (1536, 0.4)]
+    assert "lr" not in curve[0]  # only the kept keys
+
+
 def _assert_same(got, want, where="results"):
     """Equal structure and values; floats to 1e-9 (another numpy build may round a sum differently)."""
     if isinstance(want, dict):

@@ -301,14 +301,19 @@ def gate_summary(gates: np.ndarray | None) -> dict | None:
 
 
 def _curve(attempts: list[Path]) -> list[dict]:
-    rows = []
+    """The run's validation points over all its attempts, one per training-example count: an attempt resumed from
+    a save made before a point logs that point again, and the later attempt's is the run's."""
+    points = {}
     for attempt in attempts:
         path = attempt / "curve.jsonl"
         if path.is_file():
-            rows += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    points[row["train_examples"]] = row
     keep = ("step", "train_examples", "val/num_examples", "val/rank_hr@1", "val/rank_hr@5", "val/rank_ndcg@5",
             "val/rank_mrr", "val/gate_entropy")
-    return [{k: v for k, v in r.items() if k in keep} for r in rows]
+    return [{k: v for k, v in r.items() if k in keep} for _, r in sorted(points.items())]
 
 
 def _attempt_seconds(attempt: Path) -> float:

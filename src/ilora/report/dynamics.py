@@ -22,7 +22,8 @@ def _sd(values: Sequence[float]) -> float | None:
 
 def curves(records: Sequence[dict]) -> list[dict]:
     """Per (dataset, method): each validation point that every seed reached, with the mean and sd over seeds of
-    each metric. A resumed run may log a point twice (its last save came before the point); the later one counts."""
+    each metric. (`run.py` records one point per training-example count; should a record repeat one, the later
+    counts.)"""
     groups: dict[tuple[str, str], dict[int, dict[int, dict]]] = {}
     for r in records:
         if r.get("curve"):
