@@ -183,8 +183,18 @@ def test_the_powered_study_trains_each_method_at_its_learning_rate_chosen_on_val
             for lr, (hr1, mrr) in scores.items():
                 name = study.validation_name(data, method, 0, lr, study.BUDGET)
                 (study.VALIDATION_DIR / f"{name}.json").write_text(json.dumps(
-                    {"curve": [{"val/rank_hr@1": hr1, "val/rank_mrr": mrr}]}))
+                    {"dataset": data, "method": method, "seed": 0, "lr": lr, "train_examples": study.BUDGET,
+                     "wall_time_s": 60.0, "machine": {}, "threads": "1", "curve": [{"train_examples": n, "val/rank_hr@1": hr1 if n == study.BUDGET else 0.9,
+                                "val/rank_mrr": mrr} for n in (study.BUDGET - 512, study.BUDGET)]}))
     assert study.chosen_lr("lastfm", "ilora_k4") == 3e-3
+    # the score at the budget decides, never an earlier point standing in for a lost final validation
+    name = study.validation_name("lastfm", "ilora_k4", 0, 3e-3, study.BUDGET)
+    record = json.loads((study.VALIDATION_DIR / f"{name}.json").read_text())
+    lost = {**record, "curve": record["curve"][:1]}
+    (study.VALIDATION_DIR / f"{name}.json").write_text(json.dumps(lost))
+    with pytest.raises(study.CheckPending, match=f"{name}.json has no validation at 4,096 examples"):
+        study.chosen_lr("lastfm", "ilora_k4")
+    (study.VALIDATION_DIR / f"{name}.json").write_text(json.dumps(record))
     assert study.main(["--dry-run", "--results", str(tmp_path / "r")]) == 0
     printed = capsys.readouterr().out
     assert printed.count("model.optimizer.lr=0.003") == len(plan) - 2 and "PENDING" not in printed

@@ -191,17 +191,21 @@ class CheckPending(Exception):
 
 def chosen_lr(data: str, method: str, directory: Path | None = None, missing_ok: bool = False) -> float | None:
     """The learning rate of `method` on `data` with the best validation HR@1 at the budget (ties: val MRR), from
-    the recorded learning-rate check; `CheckPending` naming what is missing (None with `missing_ok`)."""
-    found = {}
-    for lr in LR_GRID:
-        path = (directory or VALIDATION_DIR) / f"{validation_name(data, method, 0, lr, BUDGET)}.json"
-        if not path.is_file():
-            if missing_ok:
-                return None
-            raise CheckPending(f"{path.name}: the learning-rate check of {data}/{method} is not recorded yet")
-        last = json.loads(path.read_text())["curve"][-1]
-        found[lr] = (last["val/rank_hr@1"], last["val/rank_mrr"])
-    return max(found, key=found.get)
+    the recorded learning-rate check (the rule of `validation_summary`); `CheckPending` naming what is missing
+    (None with `missing_ok`)."""
+    from ilora.report import records as analysis
+
+    paths = [(directory or VALIDATION_DIR) / f"{validation_name(data, method, 0, lr, BUDGET)}.json" for lr in LR_GRID]
+    missing = [p.name for p in paths if not p.is_file()]
+    if not missing:
+        (row,) = analysis.validation_summary([json.loads(p.read_text()) for p in paths], BUDGET, LR_GRID)["lr_check"]
+        if row["chosen"] is not None:
+            return row["chosen"]
+        missing = [f"{validation_name(data, method, 0, float(lr), BUDGET)}.json has no validation at {BUDGET:,} "
+                   "examples" for lr in row.get("no_final_point", [])]
+    if missing_ok:
+        return None
+    raise CheckPending(f"{'; '.join(missing)}: the learning-rate check of {data}/{method} is not recorded yet")
 
 
 def method_overrides(study: Study, data: str, method: str, dry_run: bool = False) -> list[str]:
@@ -522,7 +526,11 @@ def run_validation(only: list[str] | None, extra: list[str], dry_run: bool, lane
         if attempt is None:
             print(f"[study] validation {name} FAILED: see {base}/train.log", flush=True)
             continue
-        _write(path, json.dumps(validation_record(*run, _attempts(base)), indent=1, sort_keys=True) + "\n")
+        record = validation_record(*run, _attempts(base))
+        _write(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
+        if not any(c["train_examples"] == run[4] for c in record["curve"]):
+            print(f"[study] validation {name}: no validation point at {run[4]:,} examples (a stop during it, under "
+                  "code before its fix): the learning-rate check leaves it out", flush=True)
         write_validation()
 
 

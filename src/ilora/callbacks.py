@@ -153,14 +153,63 @@ class BestCheckpoint(ModelCheckpoint):
         super()._remove_checkpoint(trainer, filepath)
 
 
+def validates_after_this_batch(trainer: pl.Trainer) -> bool:
+    """Whether the fit loop validates right after the current training batch (ask from `on_train_batch_end`).
+
+    Lightning reads a checkpoint saved at such a batch's end as already validated: a resume from it fast-forwards
+    past that validation. A run stopped during the validation (a session ending, a kill) then never logs that
+    point, the final one included, so saves at these batches wait until the validation has ended.
+    """
+    if trainer.state.fn != "fit" or trainer.sanity_checking:
+        return False
+    fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)
+    return fetcher is not None and bool(trainer.fit_loop.epoch_loop._should_check_val_fx(fetcher))
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """Lightning's `ModelCheckpoint` for the periodic `last.ckpt`, whose save at a step followed by validation is
+    made after that validation (see `validates_after_this_batch`); a resume from it goes on without validating
+    again. Checkpoint callbacks run after the others, so the validation's curve line is written first."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._after_validation = False
+
+    @property
+    def state_key(self) -> str:
+        # the key of a plain ModelCheckpoint: checkpoints saved before this class (runs in progress) resume quietly
+        return super().state_key.replace(type(self).__qualname__, "ModelCheckpoint", 1)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if validates_after_this_batch(trainer):
+            due = self._every_n_train_steps >= 1 and trainer.global_step % self._every_n_train_steps == 0
+            self._after_validation = self._after_validation or due
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Nothing: `LastCheckpointOnStop` owns the end-of-fit save. Lightning's own (when no periodic save came)
+        went to a `last-v1.ckpt` beside it, holding a finished-epoch loop state that a resume with a larger
+        `max_steps` cannot train on."""
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if self._after_validation and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if not trainer.sanity_checking:
+            self._after_validation = False
+
+
 class LastCheckpointOnStop(Callback):
     """Keep `<dirpath>/<filename>.ckpt` (default `last.ckpt`) current whenever fit stops: at its end and on SIGTERM.
 
     The periodic `last_checkpoint` writes every `every_n_train_steps`, and Lightning's own end-of-fit save of
     `last.ckpt` is skipped once any periodic one was written, so a run that ended between two saves left stale
-    weights for `test_ckpt=last`. This saves after the batch that reaches `max_steps` (the loop state then
-    reads "mid-epoch", exactly as a periodic save at that step would, so a resume with a larger `max_steps`
-    continues the epoch), and at the end of fit when the epochs ran out. On SIGTERM, Lightning's signal
+    weights for `test_ckpt=last`. This saves after the batch that reaches `max_steps`, or after the validation
+    that follows that batch (see `validates_after_this_batch`; the loop state then reads "mid-epoch", exactly as
+    a periodic save at that step would, so a resume with a larger `max_steps` continues the epoch), and at the end
+    of fit when the epochs ran out. Listed after `LearningCurve`, whose line for that validation it must follow. On SIGTERM, Lightning's signal
     connector raises `SIGTERMException` at the end of the current batch; `on_exception` saves there
     (through the trainer's CheckpointIO, so atomically). Other exceptions save nothing: the last periodic
     checkpoint stays the last good one.
@@ -175,6 +224,7 @@ class LastCheckpointOnStop(Callback):
         self.path = os.path.join(dirpath, f"{filename}.ckpt")
         self._saved_step = -1
         self._held_sigterm = False
+        self._after_validation = False
 
     def _save(self, trainer: pl.Trainer) -> None:
         if trainer.global_step > 0 and trainer.global_step != self._saved_step:
@@ -183,7 +233,10 @@ class LastCheckpointOnStop(Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         if 0 < trainer.max_steps <= trainer.global_step:
-            self._save(trainer)
+            if validates_after_this_batch(trainer):  # saved when that validation ends, so a resume runs it
+                self._after_validation = True
+            else:
+                self._save(trainer)
         signals = getattr(trainer, "_signal_connector", None)
         if signals is None:
             return
@@ -192,6 +245,11 @@ class LastCheckpointOnStop(Callback):
             signals.received_sigterm, self._held_sigterm = False, True
         elif self._held_sigterm and not mid_window:  # the window is complete: stop (and save) now
             signals.received_sigterm, self._held_sigterm = True, False
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._after_validation and not trainer.sanity_checking:
+            self._after_validation = False
+            self._save(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._save(trainer)

@@ -239,3 +239,39 @@ def test_sigterm_at_every_position_of_an_accumulation_window_resumes_to_the_same
         assert got.keys() == want.keys()
         for key in want:
             torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-6, msg=f"kill at {kill_at}: {key}")
+
+
+# The process dies (SIGKILL: a session ending) in the first validation at global step ILORA_TEST_KILL_AT, once.
+KILL_IN_VALIDATION = """
+import os, signal
+from ilora.recommender import Recommender as R
+_step, _at, _mark = R.validation_step, int(os.environ["ILORA_TEST_KILL_AT"]), os.environ["ILORA_TEST_MARK"]
+def _die_in_validation(self, batch, i):
+    if self.global_step == _at and not os.path.exists(_mark):
+        open(_mark, "w").write("killed")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _step(self, batch, i)
+R.validation_step = _die_in_validation
+"""
+
+
+@pytest.mark.parametrize("kill_at", [2, 4], ids=["mid-run", "final"])
+def test_a_run_killed_during_a_validation_logs_that_point_when_resumed(cli, tiny, tmp_path, kill_at):
+    """A save at a step that validates is made after the validation: Lightning reads one made before it as
+    validated, so the resume would skip the point the kill interrupted (the final one: the learning-rate check's)."""
+    common = [*tiny(), "trainer.max_steps=4", "trainer.accumulate_grad_batches=2", "trainer.limit_train_batches=8",
+              "trainer.val_check_interval=4", "callbacks.last_checkpoint.every_n_train_steps=1",
+              "model.evaluation.generate=false", "data.limit_test_examples=2"]
+    env = {**os.environ, "ILORA_TEST_KILL_AT": str(kill_at), "ILORA_TEST_MARK": str(tmp_path / "killed")}
+    first = subprocess.run(cli("train", *common, f"hydra.run.dir={tmp_path / 'a0'}", prelude=KILL_IN_VALIDATION),
+                           env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
+    last = tmp_path / "a0" / "checkpoints" / "last.ckpt"
+    assert read_checkpoint(last)["global_step"] == kill_at - 1  # the save due at the killed step waited
+    second = subprocess.run(cli("train", *common, f"hydra.run.dir={tmp_path / 'a1'}", f"ckpt_path={last}",
+                                prelude=KILL_IN_VALIDATION), env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-2000:]
+    steps = [json.loads(line)["step"] for a in ("a0", "a1") if (tmp_path / a / "curve.jsonl").is_file()
+             for line in (tmp_path / a / "curve.jsonl").read_text().splitlines()]
+    assert sorted(steps) == [2, 4]  # each validation point once: the killed one redone, none repeated
+    assert read_checkpoint(tmp_path / "a1" / "checkpoints" / "last.ckpt")["global_step"] == 4

@@ -151,18 +151,26 @@ def validation_summary(found: Sequence[dict], budget: int, grid: Sequence[float]
     curves = [{k: r[k] for k in ("dataset", "method", "seed", "lr", "train_examples", "curve", "wall_time_s",
                                  "machine", "threads")}
               for r in found if r["lr"] == 1e-3]
-    checks = {}
+    checks, unfinished = {}, {}
     for r in found:
-        if r["train_examples"] != budget or not r["curve"]:
+        if r["train_examples"] != budget:
             continue
-        last = r["curve"][-1]
-        checks.setdefault(f"{r['dataset']}/{r['method']}", {})[str(r["lr"])] = {
-            k.removeprefix("val/"): last[k] for k in ("val/rank_hr@1", "val/rank_hr@5", "val/rank_mrr") if k in last}
+        key = f"{r['dataset']}/{r['method']}"
+        # the point at the budget itself: a run whose final validation was lost has no final score (its last
+        # point is an earlier one and must not stand in for it)
+        final = next((c for c in r["curve"] if c["train_examples"] == budget), None)
+        if final is None:
+            unfinished.setdefault(key, []).append(str(r["lr"]))
+            continue
+        checks.setdefault(key, {})[str(r["lr"])] = {
+            k.removeprefix("val/"): final[k] for k in ("val/rank_hr@1", "val/rank_hr@5", "val/rank_mrr") if k in final}
     lr = []
-    for key, by_lr in sorted(checks.items()):
+    for key in sorted(set(checks) | set(unfinished)):
+        by_lr = checks.get(key, {})
         complete = all(str(x) in by_lr for x in grid)
-        best = max(by_lr, key=lambda x: (by_lr[x]["rank_hr@1"], by_lr[x].get("rank_mrr", 0.0)))
-        lr.append({"run": key, "by_lr": by_lr, "complete": complete, "chosen": float(best) if complete else None})
+        best = max(by_lr, key=lambda x: (by_lr[x]["rank_hr@1"], by_lr[x].get("rank_mrr", 0.0))) if by_lr else None
+        lr.append({"run": key, "by_lr": by_lr, "complete": complete, "chosen": float(best) if complete else None,
+                   **({"no_final_point": sorted(unfinished[key])} if key in unfinished else {})})
     return {"budget": budget, "grid": list(grid), "curves": curves, "lr_check": lr,
             "cpu_hours": round(sum(r.get("wall_time_s", 0.0) for r in found) / 3600, 2)}
 
@@ -182,8 +190,10 @@ def validation_table(summary: dict) -> str:
     lines += ["", f"Learning-rate check at {summary['budget']:,} examples (final val HR@1 / MRR, seed 0):", "",
               "| run | " + " | ".join(f"lr {g:g}" for g in grid) + " | chosen |", "|---|" + "---|" * (len(grid) + 1)]
     for row in summary["lr_check"]:
+        lost = row.get("no_final_point", [])
         cells = [f"{row['by_lr'][str(g)]['rank_hr@1']:.3f} / {row['by_lr'][str(g)].get('rank_mrr', float('nan')):.3f}"
-                 if str(g) in row["by_lr"] else "not run yet" for g in grid]
+                 if str(g) in row["by_lr"] else "no point at the budget" if str(g) in lost else "not run yet"
+                 for g in grid]
         chosen = f"{row['chosen']:g}" if row["chosen"] is not None else "(incomplete)"
         lines.append(f"| {row['run']} | " + " | ".join(cells) + f" | {chosen} |")
     return "\n".join(lines)
