@@ -184,7 +184,8 @@ def test_the_powered_study_trains_each_method_at_its_learning_rate_chosen_on_val
                 name = study.validation_name(data, method, 0, lr, study.BUDGET)
                 (study.VALIDATION_DIR / f"{name}.json").write_text(json.dumps(
                     {"dataset": data, "method": method, "seed": 0, "lr": lr, "train_examples": study.BUDGET,
-                     "wall_time_s": 60.0, "machine": {}, "threads": "1", "curve": [{"train_examples": n, "val/rank_hr@1": hr1 if n == study.BUDGET else 0.9,
+                     "wall_time_s": 60.0, "machine": {}, "threads": "1",
+                     "curve": [{"train_examples": n, "val/rank_hr@1": hr1 if n == study.BUDGET else 0.9,
                                 "val/rank_mrr": mrr} for n in (study.BUDGET - 512, study.BUDGET)]}))
     assert study.chosen_lr("lastfm", "ilora_k4") == 3e-3
     # the score at the budget decides, never an earlier point standing in for a lost final validation

@@ -526,9 +526,11 @@ def run_validation(only: list[str] | None, extra: list[str], dry_run: bool, lane
         if attempt is None:
             print(f"[study] validation {name} FAILED: see {base}/train.log", flush=True)
             continue
+        from ilora.report.records import point_at
+
         record = validation_record(*run, _attempts(base))
         _write(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
-        if not any(c["train_examples"] == run[4] for c in record["curve"]):
+        if point_at(record["curve"], run[4]) is None:
             print(f"[study] validation {name}: no validation point at {run[4]:,} examples (a stop during it, under "
                   "code before its fix): the learning-rate check leaves it out", flush=True)
         write_validation()

@@ -209,10 +209,10 @@ class LastCheckpointOnStop(Callback):
     weights for `test_ckpt=last`. This saves after the batch that reaches `max_steps`, or after the validation
     that follows that batch (see `validates_after_this_batch`; the loop state then reads "mid-epoch", exactly as
     a periodic save at that step would, so a resume with a larger `max_steps` continues the epoch), and at the end
-    of fit when the epochs ran out. Listed after `LearningCurve`, whose line for that validation it must follow. On SIGTERM, Lightning's signal
-    connector raises `SIGTERMException` at the end of the current batch; `on_exception` saves there
-    (through the trainer's CheckpointIO, so atomically). Other exceptions save nothing: the last periodic
-    checkpoint stays the last good one.
+    of fit when the epochs ran out. Listed after `LearningCurve`, whose line for that validation it must follow.
+    On SIGTERM, Lightning's signal connector raises `SIGTERMException` at the end of the current batch;
+    `on_exception` saves there (through the trainer's CheckpointIO, so atomically). Other exceptions save nothing:
+    the last periodic checkpoint stays the last good one.
 
     A SIGTERM in the middle of a gradient-accumulation window is held until the window's last micro-batch (at most
     `accumulate_grad_batches - 1` more): the gradients accumulated so far are not in a checkpoint, so a save

@@ -145,6 +145,12 @@ def power(paired_rows: Sequence[dict], target: float = 0.03, metric: str = "rank
 # ------------------------------------------------------------------------------------------ validation runs
 
 
+def point_at(curve: Sequence[dict], examples: int) -> dict | None:
+    """The validation point after exactly `examples` training examples; None when it was not logged (a run whose
+    final validation was lost: its last point is an earlier one and must not stand in for it)."""
+    return next((c for c in curve if c["train_examples"] == examples), None)
+
+
 def validation_summary(found: Sequence[dict], budget: int, grid: Sequence[float]) -> dict:
     """Learning curves (lr 1e-3, to the longest budget) and, at `budget`, the learning-rate check per dataset and
     method with the chosen rate (best final val HR@1, ties by val MRR)."""
@@ -156,9 +162,7 @@ def validation_summary(found: Sequence[dict], budget: int, grid: Sequence[float]
         if r["train_examples"] != budget:
             continue
         key = f"{r['dataset']}/{r['method']}"
-        # the point at the budget itself: a run whose final validation was lost has no final score (its last
-        # point is an earlier one and must not stand in for it)
-        final = next((c for c in r["curve"] if c["train_examples"] == budget), None)
+        final = point_at(r["curve"], budget)
         if final is None:
             unfinished.setdefault(key, []).append(str(r["lr"]))
             continue
