@@ -668,7 +668,9 @@ def run_study(study: Study, args: argparse.Namespace, lane: tuple[int, int]) -> 
                 _write(study.results / "runs" / f"{data}__{protocol}__{method}__s{seed}.json",
                        json.dumps(payload, sort_keys=True) + "\n")
         record_sasrec(study, [data])
-        rebuild(study, coverage=False)  # results.json always shows every run finished so far
+        # results.json always shows every run finished so far, as `--table-only` would rebuild it (the coverage
+        # simulation adds about a minute once both methods of a pair have two seeds)
+        rebuild(study, coverage=not args.no_coverage)
     return waiting
 
 

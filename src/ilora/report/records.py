@@ -392,7 +392,10 @@ def plot(results: dict, records: Sequence[dict], results_dir: Path, panels: Sequ
         ax.set(title=f"{data}: validation (mean ± sd over seeds)", xlabel="training examples seen",
                ylabel="val HR@1")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
+        else:  # only untrained runs recorded so far (the frozen LLM)
+            ax.text(0.5, 0.5, "no learning curve recorded yet", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(results_dir / "learning_curves.png", dpi=120)
     plt.close(fig)
