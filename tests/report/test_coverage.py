@@ -54,10 +54,17 @@ def test_the_estimands_are_what_the_intervals_are_read_against():
 @pytest.mark.parametrize("results", [s for s in STUDIES if (s / "results.json").is_file()], ids=lambda p: p.name)
 def test_reported_intervals_cover_within_93_97_and_results_json_holds_the_measurement(results):
     runs, committed = _study(results)
-    panels = {(r["dataset"], r["protocol"]) for r in runs}
+    seeds = {}
+    for r in runs:
+        seeds.setdefault((r["dataset"], r["protocol"], r["method"]), set()).add(r["seed"])
+    # every panel where both methods have two seeds is measured (none yet while a study is under way)
+    paired = {(d, p) for (d, p, m), s in seeds.items() if m == "lora_k1" and len(s) >= 2
+              and len(seeds.get((d, p, "ilora_k4"), ())) >= 2}
+    assert {(c["dataset"], c["protocol"]) for c in committed["coverage"]} == paired
+    if results == STUDIES[0]:
+        assert paired  # the first study is complete: its coverage is measured
     measured = analysis.coverage(runs, [(c["dataset"], c["protocol"]) for c in committed["coverage"]],
                                  ("ilora_k4", "lora_k1"))
-    assert measured and {(m["dataset"], m["protocol"]) for m in measured} <= set(panels)
     assert json.loads(json.dumps(measured)) == committed["coverage"]  # the README quotes results.json
     for panel in measured:
         for seeds, found in panel["coverage"].items():
@@ -65,6 +72,6 @@ def test_reported_intervals_cover_within_93_97_and_results_json_holds_the_measur
                 if name in REPORTED and int(seeds) >= REPORTED[name]:
                     assert BAND[0] <= got["coverage"] <= BAND[1], (panel["dataset"], panel["protocol"], seeds, name)
     # every dropped interval was dropped for a reason: outside the band somewhere
-    for name in set(INTERVALS) - set(REPORTED):
+    for name in set(INTERVALS) - set(REPORTED) if measured else ():
         seen = [p["coverage"][s][name]["coverage"] for p in measured for s in p["coverage"] if name in p["coverage"][s]]
         assert seen and any(not BAND[0] <= c <= BAND[1] for c in seen), name
