@@ -597,6 +597,9 @@ def main(argv: list[str] | None = None) -> int:
             results = json.loads(path.read_text())
             print(f"<!-- {name}: the summary (README.md and the study README) -->\n{analysis.readme_tables(results)}")
             print(f"<!-- {name}: training, gate, cost (the study README) -->\n{dynamics.details_table(results)}")
+            if results.get("coverage"):
+                print(f"<!-- {name}: measured coverage (the study README) -->\n"
+                      f"{analysis.coverage_table(results['coverage'])}")
         return 0
     waiting = 0
     for name in names:
