@@ -599,7 +599,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"<!-- {name}: training, gate, cost (the study README) -->\n{dynamics.details_table(results)}")
             if results.get("coverage"):
                 print(f"<!-- {name}: measured coverage (the study README) -->\n"
-                      f"{analysis.coverage_table(results['coverage'])}")
+                      f"{analysis.coverage_table(results['coverage'])}\n")
+            if results.get("power"):
+                print(f"<!-- {name}: seeds for ±0.03 (the study README) -->\n{analysis.power_table(results['power'])}")
         return 0
     waiting = 0
     for name in names:

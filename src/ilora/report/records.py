@@ -326,6 +326,29 @@ def coverage_table(found: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+def power_table(found: Sequence[dict]) -> str:
+    """One row per paired difference: the seeds per method that bring its 95% half-width to the target, and the
+    projected half-widths (`power`), from the variance components of the seeds recorded so far."""
+    if not found:
+        return ""
+    at = sorted(found[0]["half_width_at"], key=int)  # results.json sorts its keys as text
+    target = found[0]["target"]
+    lines = [f"Seeds per method for a 95% half-width of at most ±{target:g} HR@1 (`ilora.report.records.power`), "
+             "projected from the variance components of the recorded seeds (with few seeds the projection is itself "
+             "rough: the seed variance rests on seeds - 1 degrees of freedom). `two_way`: new seeds and users; "
+             "`seed_t`: new seeds, these users; the users alone set a floor that no seed count removes.", "",
+             "| panel | difference | from seeds | seeds needed: two_way / seed_t | two_way half-width at "
+             + " / ".join(at) + " seeds | users' floor |",
+             "|---|---|---|---|---|---|"]
+    for p in found:
+        need = p["seeds_needed"]
+        lines.append(f"| {p['dataset']}/{p['protocol']} | {p['difference']} | {p['from_seeds']} | "
+                     f"{need['two_way'] or 'never'} / {need['seed_t'] or 'never'} | "
+                     + " / ".join(f"±{p['half_width_at'][s]['two_way']:.3f}" for s in at)
+                     + f" | ±{p['users_limit_half_width']:.3f} |")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------------------------- plots
 
 
