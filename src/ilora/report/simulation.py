@@ -60,10 +60,9 @@ def _solve(f, target: float, low: float = 0.0, high: float = 0.98) -> float:
         return low
     if f(high) <= target:
         return high
-    for _ in range(40):
-        mid = (low + high) / 2
-        low, high = (mid, high) if f(mid) < target else (low, mid)
-    return (low + high) / 2
+    from scipy.optimize import brentq
+
+    return float(brentq(lambda r: f(r) - target, low, high, xtol=1e-12))
 
 
 def fit(a: np.ndarray, b: np.ndarray, users: np.ndarray) -> StudyModel:
