@@ -20,6 +20,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # deprecation inside Lightning's own pytree helper that users cannot act on.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+# A mid-epoch resume is exact here: the training sampler skips the examples the run had already seen
+# (`ilora.data.datamodule.EpochSampler`; tests/cli/test_sweep_and_resume.py kills a run and matches the weights of
+# an uninterrupted one), so Lightning's warning that such a resume "can cause unreliable results" is wrong for it.
+warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
 
 # The configs ship inside the package (`conf/` at the repository root links here), so an installed wheel finds
 # them too; users add their own folder with `--config-dir DIR` or `hydra.searchpath=[file://DIR]`.
