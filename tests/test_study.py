@@ -128,6 +128,17 @@ def test_a_study_with_only_the_frozen_llm_recorded_rebuilds_without_warnings(stu
     assert (results / "learning_curves.png").stat().st_size > 0
 
 
+def test_the_gate_summary_names_no_top_expert_where_the_weights_tie(study):
+    """A uniform gate has no top expert: each tied expert gets its share (argmax alone would give the first all)."""
+    import numpy as np
+
+    uniform = study.gate_summary(np.full((6, 4), 0.25, dtype=np.float32))
+    assert uniform["top_expert_share"] == pytest.approx([0.25] * 4)
+    assert uniform["entropy_mean"] == pytest.approx(np.log(4))
+    learned = study.gate_summary(np.array([[0.7, 0.1, 0.1, 0.1], [0.1, 0.2, 0.6, 0.1], [0.4, 0.4, 0.1, 0.1]]))
+    assert learned["top_expert_share"] == pytest.approx([1 / 3 + 1 / 6, 1 / 6, 1 / 3, 0.0])
+
+
 def test_a_pinned_encoder_is_put_in_the_cache_and_a_different_cached_one_stops_the_study(study, tmp_path):
     pinned = tmp_path / "pinned" / "lastfm"
     pinned.mkdir(parents=True)

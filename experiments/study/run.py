@@ -294,11 +294,14 @@ def read_test(predictions: Path) -> tuple[list[int], list[int], list[int], np.nd
 
 def gate_summary(gates: np.ndarray | None) -> dict | None:
     """What the gate learned on the test users: entropy (nats; log K = uniform), each expert's mean weight and its
-    spread across users, and how often each expert is a user's top one. None for methods without a gate."""
+    spread across users, and how often each expert is a user's top one (a user whose top weight several experts
+    share counts 1/m to each of the m: a uniform gate has no top expert, and argmax would name the first).
+    None for methods without a gate."""
     if gates is None or gates.ndim != 2 or gates.shape[1] < 2:
         return None
     entropy = -(gates * np.log(np.clip(gates, 1e-12, None))).sum(1)
-    top = np.bincount(gates.argmax(1), minlength=gates.shape[1]) / gates.shape[0]
+    tied = np.isclose(gates, gates.max(1, keepdims=True), rtol=1e-5, atol=0)
+    top = (tied / tied.sum(1, keepdims=True)).mean(0)
     return {"entropy_mean": float(entropy.mean()), "entropy_min": float(entropy.min()),
             "entropy_uniform": float(np.log(gates.shape[1])), "weight_mean": gates.mean(0).tolist(),
             "weight_std_across_users": gates.std(0).tolist(), "top_expert_share": top.tolist()}
