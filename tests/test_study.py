@@ -345,6 +345,37 @@ def test_gpu_study_script_dry_run_plans_one_epoch_of_k1_and_k4_on_cuda(tmp_path)
     assert not (tmp_path / "out").exists()
 
 
+def test_write_readmes_rewrites_stale_generated_blocks_and_leaves_current_ones(study, tmp_path, monkeypatch, capsys):
+    """`run.py --write-readmes` on copies of both READMEs: the committed ones are current (nothing rewritten); a
+    stale number in a generated block is put back from results.json, the prose around it untouched."""
+    copies = []
+    for readme in study.READMES:
+        copy = tmp_path / readme.relative_to(REPO)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.write_text(readme.read_text())
+        copies.append(copy)
+    monkeypatch.setattr(study, "READMES", tuple(copies))
+    assert study.main(["--write-readmes"]) == 0
+    assert capsys.readouterr().out.count(": current") == 2
+    assert [c.read_text() for c in copies] == [r.read_text() for r in study.READMES]
+
+    text = copies[1].read_text()
+    start = text.index("<!-- generated: powered/summary -->")
+    row = text.index("| frozen | 1 | ", start)
+    stale = text[:row] + "| frozen | 1 | 0.999 " + text[row + len("| frozen | 1 | 0.074 "):]
+    copies[1].write_text(stale.replace("Two studies live here.", "Two studies live here (a user's edit)."))
+    assert study.main(["--write-readmes"]) == 0
+    assert "README.md: rewritten" in capsys.readouterr().out
+    fixed = copies[1].read_text()
+    assert "0.999" not in fixed and "Two studies live here (a user's edit)." in fixed
+    assert fixed == study.READMES[1].read_text().replace("Two studies live here.",
+                                                          "Two studies live here (a user's edit).")
+
+    copies[0].write_text(copies[0].read_text().replace("<!-- end: powered/summary -->", ""))
+    assert study.main(["--write-readmes"]) == 2
+    assert "'powered/summary' has no '<!-- end: powered/summary -->'" in capsys.readouterr().err
+
+
 def test_the_readmes_quote_results_json_and_the_validation_summary(study, capsys):
     """The results sections are generated from results.json (`run.py --readme`), not typed: a test keeps them so."""
     from ilora.report import dynamics

@@ -4,6 +4,7 @@
     python experiments/study/run.py                 # the powered study: run (or resume) every run, then the results
     python experiments/study/run.py --study first   # the first study (1,024 examples, 3 seeds; complete)
     python experiments/study/run.py --table-only    # results.json, table.md, PNGs of every study from runs/*.json
+    python experiments/study/run.py --write-readmes # the READMEs' generated tables from those results.json
     python experiments/study/run.py --only movielens/ilora_k4/0 --dry-run   # what would run, nothing started
 
 Every run is `ilora-train experiment=study` (conf/experiment/study.yaml) plus its study's and its method's overrides,
@@ -572,6 +573,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table-only", action="store_true", help="rebuild the results from <results>/runs/*.json")
     parser.add_argument("--no-coverage", action="store_true", help="skip the coverage simulation (about a minute)")
     parser.add_argument("--readme", action="store_true", help="print the README's tables of the study's results.json")
+    parser.add_argument("--write-readmes", action="store_true", help="rewrite the generated blocks of README.md and "
+                        "the study README from every study's results.json and the validation summary")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("--redo", action="store_true", help="run again the runs already recorded in <results>/runs")
     parser.add_argument("--extra", nargs="*", default=[], help="overrides added to every ilora-train run")
@@ -589,23 +592,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     names = [args.study] if args.study else (list(STUDIES) if args.table_only else [DEFAULT_STUDY])
     if args.readme:
-        from ilora.report import dynamics
-        from ilora.report import records as analysis
+        from ilora.report.readme import study_blocks
 
         for name in names:
             path = (args.results or STUDIES[name].results) / "results.json"
             if not path.is_file():
                 print(f"{path}: not yet")
                 continue
-            results = json.loads(path.read_text())
-            print(f"<!-- {name}: the summary (README.md and the study README) -->\n{analysis.readme_tables(results)}")
-            print(f"<!-- {name}: training, gate, cost (the study README) -->\n{dynamics.details_table(results)}")
-            if results.get("coverage"):
-                print(f"<!-- {name}: measured coverage (the study README) -->\n"
-                      f"{analysis.coverage_table(results['coverage'])}\n")
-            if results.get("power"):
-                print(f"<!-- {name}: seeds for ±0.03 (the study README) -->\n{analysis.power_table(results['power'])}")
+            for key, block in study_blocks(name, json.loads(path.read_text())).items():
+                if block:
+                    print(f"<!-- {key} -->\n{block.strip(chr(10))}\n")
         return 0
+    if args.write_readmes:
+        return write_readmes()
     waiting = 0
     for name in names:
         study = STUDIES[name]
@@ -629,6 +628,37 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[study] {waiting} run(s) wait for their learning-rate check: run `python experiments/study/run.py "
               f"--validation` first, then this again", flush=True)
     return 1 if waiting else 0
+
+
+READMES = (ROOT / "README.md", HERE / "README.md")
+
+
+def write_readmes() -> int:
+    """Fill the `<!-- generated: key -->` blocks of `READMES` (`ilora.report.readme`) from the committed results;
+    a README is rewritten (atomically) only where a block changed."""
+    from ilora.cli.common import write_text_atomic
+    from ilora.report import records as analysis
+    from ilora.report.readme import fill, study_blocks
+
+    blocks = {}
+    for name, study in STUDIES.items():
+        path = study.results / "results.json"
+        if path.is_file():
+            blocks.update(study_blocks(name, json.loads(path.read_text())))
+    summary = VALIDATION_DIR / "summary.json"
+    if summary.is_file():
+        blocks["validation"] = analysis.validation_table(json.loads(summary.read_text()))
+    for readme in READMES:
+        text = readme.read_text()
+        try:
+            filled = fill(text, blocks, where=str(readme))
+        except ValueError as error:
+            print(f"[study] {error}", file=sys.stderr)
+            return 2
+        print(f"[study] {readme}: " + ("rewritten" if filled != text else "current"))
+        if filled != text:
+            write_text_atomic(readme, filled)
+    return 0
 
 
 def analysis_table(summary: dict | None) -> str:

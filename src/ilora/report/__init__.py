@@ -3,7 +3,8 @@
 One concern per module, imported in this order: `runs` (reading run directories) -> `grouping` (configurations:
 everything but the seed) -> `statistics` (per-example values, seed matrices, the intervals and their estimands) ->
 `summary` (per configuration, and against a baseline) -> `tables`, `plots` -> `build_report` here. `simulation`
-measures the intervals' coverage on studies fitted to recorded runs. The study (`experiments/study/run.py`) uses
+measures the intervals' coverage on studies fitted to recorded runs; `readme` writes results into the READMEs'
+generated blocks. The study (`experiments/study/run.py`) uses
 `statistics` for its tables too, so both report the same intervals.
 """
 
