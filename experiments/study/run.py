@@ -648,16 +648,16 @@ def write_readmes() -> int:
     summary = VALIDATION_DIR / "summary.json"
     if summary.is_file():
         blocks["validation"] = analysis.validation_table(json.loads(summary.read_text()))
-    for readme in READMES:
-        text = readme.read_text()
-        try:
-            filled = fill(text, blocks, where=str(readme))
-        except ValueError as error:
-            print(f"[study] {error}", file=sys.stderr)
-            return 2
-        print(f"[study] {readme}: " + ("rewritten" if filled != text else "current"))
-        if filled != text:
-            write_text_atomic(readme, filled)
+    texts = {readme: readme.read_text() for readme in READMES}
+    try:  # every README checked before any is written
+        filled = {readme: fill(text, blocks, where=str(readme)) for readme, text in texts.items()}
+    except ValueError as error:
+        print(f"[study] {error}", file=sys.stderr)
+        return 2
+    for readme, text in filled.items():
+        print(f"[study] {readme}: " + ("rewritten" if text != texts[readme] else "current"))
+        if text != texts[readme]:
+            write_text_atomic(readme, text)
     return 0
 
 

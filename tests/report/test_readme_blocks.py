@@ -40,6 +40,8 @@ def test_fill_replaces_only_the_marked_bodies_and_is_idempotent():
 
 @pytest.mark.parametrize("text, message", [
     (TEXT.replace("<!-- end: s/power -->", ""), "'s/power' has no '<!-- end: s/power -->'"),
+    (TEXT.replace("<!-- end: s/summary -->", ""), "'s/summary' has no '<!-- end: s/summary -->'"),
+    (TEXT.replace("<!-- generated: s/summary -->", ""), "'<!-- end: s/summary -->' has no '<!-- generated: s/summary"),
     (TEXT.replace("<!-- end: s/power -->", "<!-- end: s/summary -->"), "'s/power' ends with 'end: s/summary'"),
     (TEXT.replace("s/power", "s/powr"), "'s/powr' is unknown"),
 ])

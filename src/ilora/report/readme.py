@@ -13,8 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-_BLOCK = re.compile(r"<!-- generated: (?P<key>\w[\w/-]*) -->\n(?P<body>.*?)<!-- end: (?P<end>\w[\w/-]*) -->", re.DOTALL)
-_OPEN = re.compile(r"<!-- generated: (\w[\w/-]*) -->")
+_MARKER = re.compile(r"<!-- (?P<kind>generated|end): (?P<key>\w[\w/-]*) -->")
 
 
 def study_blocks(name: str, results: dict) -> dict[str, str]:
@@ -31,22 +30,21 @@ def study_blocks(name: str, results: dict) -> dict[str, str]:
 
 def fill(text: str, blocks: Mapping[str, str], where: str = "README") -> str:
     """`text` with every marked block's body replaced by `blocks[key]` (a blank line either side; nothing for an
-    empty block). A key missing from `blocks`, or a marker without its end, is an error naming it."""
-    opened = _OPEN.findall(text)
-    found = list(_BLOCK.finditer(text))
-    if len(found) != len(opened):
-        closed = {m["key"] for m in found}
-        key = next((k for k in opened if k not in closed), opened[-1] if opened else "?")
-        raise ValueError(f"{where}: generated block {key!r} has no '<!-- end: {key} -->' after it")
-    for m in found:
-        if m["key"] != m["end"]:
-            raise ValueError(f"{where}: generated block {m['key']!r} ends with 'end: {m['end']}'")
-        if m["key"] not in blocks:
-            raise ValueError(f"{where}: generated block {m['key']!r} is unknown (known: {', '.join(sorted(blocks))})")
-
-    def body(m: re.Match) -> str:
-        block = blocks[m["key"]].strip("\n")
-        inner = f"\n{block}\n\n" if block else ""
-        return f"<!-- generated: {m['key']} -->\n{inner}<!-- end: {m['key']} -->"
-
-    return _BLOCK.sub(body, text)
+    empty block). Markers must pair up in order, each key known: otherwise a ValueError names the marker."""
+    markers = list(_MARKER.finditer(text))
+    out, at = [], 0
+    for i in range(0, len(markers), 2):
+        opening, end = markers[i], markers[i + 1] if i + 1 < len(markers) else None
+        key = opening["key"]
+        if opening["kind"] != "generated":
+            raise ValueError(f"{where}: '<!-- end: {key} -->' has no '<!-- generated: {key} -->' before it")
+        if end is None or end["kind"] != "end":
+            raise ValueError(f"{where}: generated block {key!r} has no '<!-- end: {key} -->' after it")
+        if end["key"] != key:
+            raise ValueError(f"{where}: generated block {key!r} ends with 'end: {end['key']}'")
+        if key not in blocks:
+            raise ValueError(f"{where}: generated block {key!r} is unknown (known: {', '.join(sorted(blocks))})")
+        block = blocks[key].strip("\n")
+        out += [text[at:opening.end()], "\n", f"\n{block}\n\n" if block else "", end[0]]
+        at = end.end()
+    return "".join(out) + text[at:]
