@@ -371,6 +371,10 @@ def test_write_readmes_rewrites_stale_generated_blocks_and_leaves_current_ones(s
     assert fixed == study.READMES[1].read_text().replace("Two studies live here.",
                                                           "Two studies live here (a user's edit).")
 
+    with pytest.raises(SystemExit):  # the READMEs quote the committed studies, never another folder
+        study.main(["--write-readmes", "--results", str(tmp_path / "elsewhere")])
+    assert "drop --results / --study" in capsys.readouterr().err
+
     front = copies[0].read_text()  # README.md stale, the study README's marker broken: nothing is written
     front = front.replace("| frozen | 1 | 0.074 ", "| frozen | 1 | 0.999 ", 1)
     copies[0].write_text(front)

@@ -604,6 +604,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"<!-- {key} -->\n{block.strip(chr(10))}\n")
         return 0
     if args.write_readmes:
+        if args.results is not None or args.study is not None:
+            parser.error("--write-readmes fills the READMEs from every study's own results.json: drop "
+                         "--results / --study")
         return write_readmes()
     waiting = 0
     for name in names:
