@@ -412,3 +412,61 @@ def test_the_readmes_quote_results_json_and_the_validation_summary(study, capsys
     found = [json.loads(p.read_text()) for p in sorted(study.VALIDATION_DIR.glob("*__b*.json"))]
     recomputed = analysis.validation_summary(found, budget=study.BUDGET, grid=study.LR_GRID)
     assert json.loads(json.dumps(recomputed)) == summary  # the summary follows from validation/*.json
+
+
+def _recorded(results: Path, data: str, method: str, seed: int, precision: str) -> None:
+    (results / "runs").mkdir(parents=True, exist_ok=True)
+    (results / "runs" / f"{data}__llara__{method}__s{seed}.json").write_text(json.dumps(
+        {"dataset": data, "method": method, "seed": seed, "machine": {"precision": precision}}))
+
+
+def test_every_method_of_a_seed_runs_in_the_precision_its_recorded_runs_used(study, tmp_path, capsys):
+    """bf16 on one machine and fp32 on the next must not meet inside a paired difference: a seed recorded in bf16
+    is left for a bf16 machine (one line), a new seed takes the precision asked for, and a checkpoint trained in
+    the other precision is not resumed in this one."""
+    results = tmp_path / "r"
+    _recorded(results, "movielens", "lora_k1", 2, "bf16")
+    _recorded(results, "movielens", "frozen", 0, "fp32")  # untrained: no seed to pair
+    only = ["--only", "movielens/ilora_k4/2", "movielens/ilora_k4/3", "movielens/frozen/0"]
+    assert study.main(["--dry-run", "--results", str(results), "--precision", "fp32", *only]) == 0
+    printed = capsys.readouterr().out
+    assert ("movielens/ilora_k4/seed2 left for a bf16 machine: seed 2 of movielens was recorded in bf16 "
+            "(this one runs fp32)") in printed
+    assert "seed=2" not in printed and printed.count("trainer.precision=32-true backbone.dtype=float32") == 1
+    assert "powered movielens/ilora_k4/seed3 (fp32)" in printed
+    assert study.main(["--dry-run", "--results", str(results), "--precision", "bf16", *only]) == 0
+    printed = capsys.readouterr().out
+    assert "left for" not in printed and printed.count("trainer.precision=bf16-mixed backbone.dtype=bfloat16") == 2
+    # native: no override (the config's own rule), the clash judged against this CPU's native precision
+    assert study.main(["--dry-run", "--results", str(results), *only]) == 0
+    printed = capsys.readouterr().out
+    assert "trainer.precision=" not in printed
+    assert ("left for a bf16 machine" in printed) == (study.native_precision() == "fp32")
+    # a checkpoint trained in bf16 is resumed in bf16 only
+    attempt = study.POWERED.out() / "movielens__ilora_k4__s3" / "attempt0"
+    attempt.mkdir(parents=True)
+    (attempt / "config.yaml").write_text("trainer:\n  precision: bf16-mixed\n")
+    assert study.main(["--dry-run", "--results", str(results), "--precision", "fp32", *only]) == 0
+    assert (f"movielens/ilora_k4/seed3 left for a bf16 machine: its checkpoint under {attempt.parent} trained in bf16"
+            in capsys.readouterr().out)
+    # records of one seed that disagree stop the study before anything runs
+    _recorded(results, "movielens", "uniform_k4", 2, "fp32")
+    with pytest.raises(SystemExit, match="seed 2 of movielens mixes precisions"):
+        study.main(["--dry-run", "--results", str(results), "--precision", "bf16", *only])
+
+
+def test_a_record_names_the_precision_its_run_used_not_the_cpus_native_one(study):
+    assert study.config_precision({"trainer": {"precision": "bf16-mixed"}}) == "bf16"
+    assert study.config_precision({"trainer": {"precision": "32-true"}}) == "fp32"
+    assert study.machine("fp32")["precision"] == "fp32" and study.machine("bf16")["precision"] == "bf16"
+    assert study.machine()["precision"] == study.native_precision()
+
+
+def test_extra_trainer_precision_is_the_precision_the_seed_check_uses(study, tmp_path, capsys):
+    results = tmp_path / "r"
+    _recorded(results, "lastfm", "lora_k1", 4, "fp32")
+    argv = ["--dry-run", "--results", str(results), "--only", "lastfm/ilora_k4/4", "--precision", "bf16"]
+    assert study.main([*argv, "--extra", "trainer.precision=32-true"]) == 0
+    assert "powered lastfm/ilora_k4/seed4 (fp32)" in capsys.readouterr().out
+    assert study.main(argv) == 0
+    assert "left for a fp32 machine" in capsys.readouterr().out

@@ -11,7 +11,7 @@ PY=${PY:-.venv/bin/python}
 export HF_HUB_OFFLINE=1 WANDB_MODE=${WANDB_MODE:-offline}
 export ILORA_STUDY_OUT=${ILORA_STUDY_OUT:-outputs/study_gpu}
 exec "$PY" experiments/study/run.py --study first --datasets movielens --methods lora_k1 ilora_k4 --seeds 0 \
-  --results experiments/gpu/results "$@" \
+  --results experiments/gpu/results --precision bf16 "$@" \
   --extra trainer=gpu trainer.max_steps=-1 trainer.max_epochs=1 data.batch_size=32 data.eval_batch_size=64 \
           trainer.accumulate_grad_batches=1 trainer.val_check_interval=0.25 data.limit_val_examples=128 \
           callbacks.last_checkpoint.every_n_train_steps=200 \

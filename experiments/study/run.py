@@ -15,6 +15,12 @@ record (so a fresh clone, whose `outputs/` is empty, runs only what is missing; 
 The first study's MovieLens runs were also evaluated on the extended protocol (`ilora-eval
 data=movielens_windows`, 2,069 windows of the same 95 users).
 
+Precision: each run trains and tests in the precision this CPU runs natively (bf16 autocast with avx512_bf16, else
+fp32; `--precision` picks one), and every method of one seed of a dataset shares the precision of that seed's first
+recorded run, so a paired difference never mixes the two. A run whose seed was recorded in the other precision (or
+whose checkpoint trained in it) is left for a machine that runs that precision natively, with one line saying so;
+the other precision would cost 2.4-3x the time here (experiments/study/README.md).
+
 Validation runs (`--validation`: one seed, validation on all val users every 512 examples, no test) choose the
 powered study's budget and each method's learning rate; they are recorded in `validation/*.json`.
 
@@ -241,6 +247,41 @@ def _call(args: list[str], log: Path, dry_run: bool) -> int:
         return subprocess.call(args, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
 
 
+PRECISIONS = {"bf16": ("bf16-mixed", "bfloat16"), "fp32": ("32-true", "float32")}  # trainer.precision, backbone.dtype
+
+
+def precision_overrides(precision: str) -> list[str]:
+    trainer, backbone = PRECISIONS[precision]
+    return [f"trainer.precision={trainer}", f"backbone.dtype={backbone}"]
+
+
+def config_precision(config: dict) -> str:
+    """bf16 or fp32: the precision a run's resolved config.yaml trained in (bf16-mixed autocast counts as bf16)."""
+    return "bf16" if str(config["trainer"]["precision"]).startswith("bf16") else "fp32"
+
+
+def attempt_precision(attempt: Path) -> str | None:
+    import yaml
+
+    path = attempt / "config.yaml"
+    return config_precision(yaml.safe_load(path.read_text())) if path.is_file() else None
+
+
+def seed_precision(results_dir: Path, data: str, seed: int) -> str | None:
+    """The precision of the trained runs recorded for `seed` of `data` (every method of a seed shares one: a paired
+    difference never mixes bf16 and fp32); None while none is recorded. Records that disagree stop the study."""
+    found = {}
+    for path in sorted((results_dir / "runs").glob(f"{data}__*__s{seed}.json")):
+        method = path.stem.split("__")[2]
+        if method in ("frozen", "sasrec"):
+            continue  # not trained: no training noise to pair
+        found[path.name] = json.loads(path.read_text())["machine"]["precision"]
+    if len(set(found.values())) > 1:
+        raise SystemExit(f"{results_dir / 'runs'}: seed {seed} of {data} mixes precisions "
+                         f"({', '.join(f'{k}: {v}' for k, v in found.items())}); its paired differences would too")
+    return next(iter(found.values()), None)
+
+
 def train_run(base: Path, overrides: list[str], extra: list[str], dry_run: bool) -> Path | None:
     """The completed training attempt under `base` (training or resuming it first); None if it failed."""
     attempts = _attempts(base)
@@ -342,10 +383,10 @@ def _wall_time(attempts: list[Path]) -> float:
     return sum(_attempt_seconds(a) for a in attempts)
 
 
-def _provenance(data: str) -> dict:
-    """Where and when a record was made: machine, commit, time, load (> cores: the timing shared the machine) and
-    the SHA-256 of the SASRec weights that steered the run."""
-    return {"machine": machine(), "commit": commit(), "recorded": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+def _provenance(data: str, precision: str | None = None) -> dict:
+    """Where and when a record was made: machine (with the precision the run used), commit, time, load (> cores:
+    the timing shared the machine) and the SHA-256 of the SASRec weights that steered the run."""
+    return {"machine": machine(precision), "commit": commit(), "recorded": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "load_avg_1m": round(os.getloadavg()[0], 2), "encoder_sha256": encoder_digest(data)}
 
 
@@ -365,7 +406,8 @@ def record(data: str, protocol: str, method: str, seed: int, directory: Path, at
         "rank_hr@1": metrics["test/rank_hr@1"], "rank_hr@5": metrics["test/rank_hr@5"],
         "rank_ndcg@5": metrics["test/rank_ndcg@5"], "n_test": int(metrics["test/num_examples"]),
         "train_examples": int(config["trainer"]["max_steps"]) * per_step if trained else 0,
-        "wall_time_s": round(train_wall + eval_wall, 1), "attempts": len(attempts), **_provenance(data),
+        "wall_time_s": round(train_wall + eval_wall, 1), "attempts": len(attempts),
+        **_provenance(data, config_precision(config)),
         "index": index, "user": users, "target_rank": ranks, "curve": _curve(attempts) if trained else [],
         "gate": gate_summary(gates),
         "config": {"model.loss": config["model"]["loss"], "data.prompt": config["data"]["prompt"],
@@ -432,13 +474,19 @@ def commit() -> str | None:
     return head.stdout.strip() + ("+uncommitted" if dirty.stdout.strip() else "")
 
 
-def machine() -> dict:
+def native_precision() -> str:
+    """bf16 where this CPU has avx512_bf16 (about 3x fp32 there), else fp32 (emulated bf16: about 2.4x slower)."""
     from ilora.backbones import cpu_has_avx512_bf16
 
+    return "bf16" if cpu_has_avx512_bf16() else "fp32"
+
+
+def machine(precision: str | None = None) -> dict:
+    """The CPU, its cores, whether it runs bf16 natively, and the precision used (default: the native one)."""
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor())
-    bf16 = cpu_has_avx512_bf16()
-    return {"cpu": model, "cores": os.cpu_count(), "avx512_bf16": bf16, "precision": "bf16" if bf16 else "fp32"}
+    native = native_precision()
+    return {"cpu": model, "cores": os.cpu_count(), "avx512_bf16": native == "bf16", "precision": precision or native}
 
 
 def _write(path: Path, text: str) -> None:
@@ -462,6 +510,7 @@ def write_results(study: Study, runs: list[dict], sasrec: dict[str, dict], cover
     results["curves"] = dynamics.curves([r for r in runs if r["protocol"] == first_protocol[r["dataset"]]])
     results["gate"] = dynamics.gate_use(runs)
     results["cpu_hours"] = dynamics.cpu_hours(runs, first_protocol)
+    results["precision_by_seed"] = dynamics.precision_by_seed(runs)
     if coverage:
         results["coverage"] = analysis.coverage(runs, panels, PAIRS[0])
         results["power"] = analysis.power(results["paired"], target=0.03)
@@ -575,6 +624,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", action="store_true", help="print the README's tables of the study's results.json")
     parser.add_argument("--write-readmes", action="store_true", help="rewrite the generated blocks of README.md and "
                         "the study README from every study's results.json and the validation summary")
+    parser.add_argument("--precision", choices=["native", *PRECISIONS], default="native", help="bf16 or fp32 "
+                        "for the runs started here (native: bf16 where the CPU has avx512_bf16, else fp32); a seed "
+                        "keeps the precision its recorded runs used")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("--redo", action="store_true", help="run again the runs already recorded in <results>/runs")
     parser.add_argument("--extra", nargs="*", default=[], help="overrides added to every ilora-train run")
@@ -670,10 +722,26 @@ def analysis_table(summary: dict | None) -> str:
     return analysis.validation_table(summary) if summary else "[study] no validation run recorded yet"
 
 
+def precision_clash(study: Study, data: str, seed: int, base: Path, precision: str) -> str | None:
+    """Why a run cannot start in `precision` here: its seed was recorded, or its checkpoint trained, in the other
+    (a paired difference must not mix them; a resumed run must not switch); None when it can."""
+    recorded = seed_precision(study.results, data, seed)
+    if recorded not in (None, precision):
+        return f"{recorded} machine: seed {seed} of {data} was recorded in {recorded}"
+    started = next((p for a in reversed(_attempts(base)) if (p := attempt_precision(a))), None)
+    if started not in (None, precision):
+        return f"{started} machine: its checkpoint under {base} trained in {started}"
+    return None
+
+
 def run_study(study: Study, args: argparse.Namespace, lane: tuple[int, int]) -> int:
     """Train, evaluate and record the lane's planned runs; the number left waiting for a learning-rate check (one
     line each: the runs whose rate is chosen go on, so a dataset's seeds can start before the other's check ends)."""
     waiting = 0
+    precision = native_precision() if args.precision == "native" else args.precision
+    asked = [e.split("=", 1)[1] for e in args.extra if e.startswith("trainer.precision=")]
+    if asked:  # --extra trainer.precision=... has the last word over --precision
+        precision = config_precision({"trainer": {"precision": asked[-1]}})
     for i, (data, method, seed) in enumerate(planned(args.only, args.datasets, args.methods, args.seeds, study)):
         if i % lane[1] != lane[0]:
             continue
@@ -688,10 +756,15 @@ def run_study(study: Study, args: argparse.Namespace, lane: tuple[int, int]) -> 
             print(f"[study] {data}/{method}/seed{seed} waits: {pending}", flush=True)
             waiting += 1
             continue
-        print(f"[study] {study.name} {data}/{method}/seed{seed}", flush=True)
+        base = study.out() / run_name(data, method, seed)
+        if method != "frozen" and (clash := precision_clash(study, data, seed, base, precision)):
+            print(f"[study] {data}/{method}/seed{seed} left for a {clash} (this one runs {precision})", flush=True)
+            continue
+        if args.precision != "native":  # native: the config's own rule (trainer.precision, backbone.dtype=auto)
+            overrides += precision_overrides(precision)
+        print(f"[study] {study.name} {data}/{method}/seed{seed} ({precision})", flush=True)
         if not args.dry_run:
             pin_encoder(data)
-        base = study.out() / run_name(data, method, seed)
         attempt = train_run(base, overrides, args.extra, args.dry_run)
         if attempt is None:
             print(f"[study] {data}/{method}/seed{seed} FAILED: see {base}/train.log", flush=True)

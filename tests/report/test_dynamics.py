@@ -62,3 +62,13 @@ def test_cpu_hours_count_each_training_once_and_name_the_machines():
     assert hours["per_method"] == {"lastfm/lora_k1": 1.5, "movielens/lora_k1": 2.0}
     assert hours["total"] == 3.5 and hours["machines"] == ["Test CPU, 2 cores, bf16"]
     assert "3.5 hours" in dynamics.details_table({"cpu_hours": hours})
+
+
+def test_the_precision_of_each_seed_is_listed_per_dataset():
+    runs = [_run("lora_k1", 1, []), _run("ilora_k4", 1, []), _run("lora_k1", 3, []), _run("frozen", 0, [])]
+    runs[2]["machine"] = {**runs[2]["machine"], "precision": "fp32"}
+    runs[3]["machine"] = {**runs[3]["machine"], "precision": "fp32"}  # untrained: not a seed of the comparison
+    found = dynamics.precision_by_seed(runs + [_run("lora_k1", 2, [], data="movielens")])
+    assert found == {"lastfm": {"bf16": [1], "fp32": [3]}, "movielens": {"bf16": [2]}}
+    text = dynamics.details_table({"precision_by_seed": found})
+    assert "lastfm: bf16 seed 1, fp32 seed 3; movielens: bf16 seed 2." in text

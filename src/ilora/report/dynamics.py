@@ -82,6 +82,17 @@ def cpu_hours(records: Sequence[dict], first_protocol: dict[str, str]) -> dict:
             "machines": machines}
 
 
+def precision_by_seed(records: Sequence[dict]) -> dict[str, dict[str, list[int]]]:
+    """{dataset: {precision: seeds}} of the trained runs: which seeds ran in bf16 autocast and which in fp32 (each
+    seed's methods share one, so that paired differences never mix them; the study runner keeps to that)."""
+    out: dict[str, dict[str, set[int]]] = {}
+    for r in records:
+        if r["method"] in ("frozen", "sasrec") or not r.get("machine"):
+            continue
+        out.setdefault(r["dataset"], {}).setdefault(r["machine"]["precision"], set()).add(r["seed"])
+    return {d: {p: sorted(seeds) for p, seeds in sorted(by.items())} for d, by in sorted(out.items())}
+
+
 def _curve_cell(point: dict | None) -> str:
     if not point or "val/rank_hr@1" not in point:
         return "-"
@@ -134,4 +145,9 @@ def details_table(results: dict) -> str:
         lines += ["", f"CPU cost: {hours['total']:.1f} hours of wall time for training and test ({per}), on "
                       f"{'; '.join(hours['machines']) or 'unrecorded machines'}; each run's own machine and load "
                       "(two one-thread lanes share 2 cores) are in `runs/*.json`."]
+    precision = results.get("precision_by_seed")
+    if precision:
+        lines += ["", "Precision of each seed's runs (all methods of a seed share it): " + "; ".join(
+            f"{d}: " + ", ".join(f"{p} seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+                                 for p, seeds in by.items()) for d, by in precision.items()) + "."]
     return "\n".join(lines).strip() + "\n" if lines else ""
