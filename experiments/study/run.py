@@ -511,6 +511,7 @@ def write_results(study: Study, runs: list[dict], sasrec: dict[str, dict], cover
     results["gate"] = dynamics.gate_use(runs)
     results["cpu_hours"] = dynamics.cpu_hours(runs, first_protocol)
     results["precision_by_seed"] = dynamics.precision_by_seed(runs)
+    results["paired_by_precision"] = dynamics.paired_by_precision(results["paired"], results["precision_by_seed"])
     if coverage:
         results["coverage"] = analysis.coverage(runs, panels, PAIRS[0])
         results["power"] = analysis.power(results["paired"], target=0.03)

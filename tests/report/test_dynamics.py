@@ -72,3 +72,17 @@ def test_the_precision_of_each_seed_is_listed_per_dataset():
     assert found == {"lastfm": {"bf16": [1], "fp32": [3]}, "movielens": {"bf16": [2]}}
     text = dynamics.details_table({"precision_by_seed": found})
     assert "lastfm: bf16 seed 1, fp32 seed 3; movielens: bf16 seed 2." in text
+
+
+def test_paired_differences_are_split_by_precision_only_where_a_pair_has_seeds_in_both():
+    precision = {"lastfm": {"bf16": [1, 2], "fp32": [3]}, "movielens": {"bf16": [1, 2]}}
+    paired = [{"dataset": "lastfm", "protocol": "llara", "difference": "ilora_k4 - lora_k1",
+               "rank_hr@1": {"per_seed": {"1": 0.10, "2": 0.00, "3": -0.20}}},
+              {"dataset": "movielens", "protocol": "llara", "difference": "ilora_k4 - lora_k1",
+               "rank_hr@1": {"per_seed": {"1": 0.10, "2": 0.00}}}]
+    (found,) = dynamics.paired_by_precision(paired, precision)
+    assert found["dataset"] == "lastfm" and found["by_precision"]["fp32"] == {"seeds": 1, "mean": -0.2, "sd": None}
+    assert found["by_precision"]["bf16"]["mean"] == pytest.approx(0.05)
+    assert found["by_precision"]["bf16"]["sd"] == pytest.approx(0.0707107, abs=1e-6)
+    text = dynamics.details_table({"paired_by_precision": [found]})
+    assert "| lastfm | llara | ilora_k4 - lora_k1 | +0.050 ± 0.071 (2 seeds) | -0.200 (1 seed) |" in text

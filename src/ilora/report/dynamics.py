@@ -93,6 +93,25 @@ def precision_by_seed(records: Sequence[dict]) -> dict[str, dict[str, list[int]]
     return {d: {p: sorted(seeds) for p, seeds in sorted(by.items())} for d, by in sorted(out.items())}
 
 
+def paired_by_precision(paired: Sequence[dict], precision: dict[str, dict[str, list[int]]],
+                        metric: str = "rank_hr@1") -> list[dict]:
+    """The per-seed paired differences split by the precision their seed ran in, for the pairs whose seeds ran in
+    both: whether bf16 and fp32 seeds disagree beyond seed noise is read here, not assumed away."""
+    out = []
+    for entry in paired:
+        per_seed = (entry.get(metric) or {}).get("per_seed") or {}
+        of_seed = {s: p for p, seeds in precision.get(entry["dataset"], {}).items() for s in seeds}
+        groups: dict[str, list[float]] = {}
+        for seed, value in per_seed.items():
+            groups.setdefault(of_seed.get(int(seed), "unrecorded"), []).append(value)
+        if len(groups) < 2:
+            continue
+        out.append({"dataset": entry["dataset"], "protocol": entry["protocol"], "difference": entry["difference"],
+                    "metric": metric, "by_precision": {p: {"seeds": len(v), "mean": float(np.mean(v)), "sd": _sd(v)}
+                                                       for p, v in sorted(groups.items())}})
+    return out
+
+
 def _curve_cell(point: dict | None) -> str:
     if not point or "val/rank_hr@1" not in point:
         return "-"
@@ -145,6 +164,17 @@ def details_table(results: dict) -> str:
         lines += ["", f"CPU cost: {hours['total']:.1f} hours of wall time for training and test ({per}), on "
                       f"{'; '.join(hours['machines']) or 'unrecorded machines'}; each run's own machine and load "
                       "(two one-thread lanes share 2 cores) are in `runs/*.json`."]
+    split = results.get("paired_by_precision") or []
+    if split:
+        lines += ["", "Paired HR@1 differences by the precision of their seeds (mean ± sd over seeds):", "",
+                  "| dataset | protocol | difference | " + " | ".join(("bf16", "fp32")) + " |", "|---|---|---|---|---|"]
+        for e in split:
+            cells = []
+            for p in ("bf16", "fp32"):
+                g = e["by_precision"].get(p)
+                sd = f" ± {g['sd']:.3f}" if g and g["sd"] is not None else ""
+                cells.append(f"{g['mean']:+.3f}{sd} ({g['seeds']} seed{'s' if g['seeds'] > 1 else ''})" if g else "-")
+            lines.append(f"| {e['dataset']} | {e['protocol']} | {e['difference']} | " + " | ".join(cells) + " |")
     precision = results.get("precision_by_seed")
     if precision:
         lines += ["", "Precision of each seed's runs (all methods of a seed share it): " + "; ".join(
