@@ -270,16 +270,14 @@ def attempt_precision(attempt: Path) -> str | None:
 def seed_precision(results_dir: Path, data: str, seed: int) -> str | None:
     """The precision of the trained runs recorded for `seed` of `data` (every method of a seed shares one: a paired
     difference never mixes bf16 and fp32); None while none is recorded. Records that disagree stop the study."""
-    found = {}
-    for path in sorted((results_dir / "runs").glob(f"{data}__*__s{seed}.json")):
-        method = path.stem.split("__")[2]
-        if method in ("frozen", "sasrec"):
-            continue  # not trained: no training noise to pair
-        found[path.name] = json.loads(path.read_text())["machine"]["precision"]
-    if len(set(found.values())) > 1:
-        raise SystemExit(f"{results_dir / 'runs'}: seed {seed} of {data} mixes precisions "
-                         f"({', '.join(f'{k}: {v}' for k, v in found.items())}); its paired differences would too")
-    return next(iter(found.values()), None)
+    from ilora.report import dynamics
+
+    records = [json.loads(p.read_text()) for p in sorted((results_dir / "runs").glob(f"{data}__*__s{seed}.json"))]
+    found = dynamics.precision_by_seed(records).get(data, {})
+    if len(found) > 1:
+        raise SystemExit(f"{results_dir / 'runs'}: seed {seed} of {data} mixes precisions ({', '.join(found)} in "
+                         f"{data}__*__s{seed}.json); its paired differences would too")
+    return next(iter(found), None)
 
 
 def train_run(base: Path, overrides: list[str], extra: list[str], dry_run: bool) -> Path | None:
