@@ -86,3 +86,9 @@ def test_paired_differences_are_split_by_precision_only_where_a_pair_has_seeds_i
     assert found["by_precision"]["bf16"]["sd"] == pytest.approx(0.0707107, abs=1e-6)
     text = dynamics.details_table({"paired_by_precision": [found]})
     assert "| lastfm | llara | ilora_k4 - lora_k1 | +0.050 ± 0.071 (2 seeds) | -0.200 (1 seed) |" in text
+    # a seed whose precision was not recorded gets its own column rather than vanishing from the table
+    paired[1]["rank_hr@1"]["per_seed"]["4"] = 0.3
+    (_, unknown) = dynamics.paired_by_precision(paired, precision)
+    text = dynamics.details_table({"paired_by_precision": [unknown]})
+    assert "| dataset | protocol | difference | bf16 | unrecorded |" in text
+    assert "| movielens | llara | ilora_k4 - lora_k1 | +0.050 ± 0.071 (2 seeds) | +0.300 (1 seed) |" in text

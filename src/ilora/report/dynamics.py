@@ -166,11 +166,12 @@ def details_table(results: dict) -> str:
                       "(two one-thread lanes share 2 cores) are in `runs/*.json`."]
     split = results.get("paired_by_precision") or []
     if split:
+        columns = sorted({p for e in split for p in e["by_precision"]})  # bf16, fp32 (and "unrecorded" if any)
         lines += ["", "Paired HR@1 differences by the precision of their seeds (mean ± sd over seeds):", "",
-                  "| dataset | protocol | difference | " + " | ".join(("bf16", "fp32")) + " |", "|---|---|---|---|---|"]
+                  "| dataset | protocol | difference | " + " | ".join(columns) + " |", "|---|---|---|" + "---|" * len(columns)]
         for e in split:
             cells = []
-            for p in ("bf16", "fp32"):
+            for p in columns:
                 g = e["by_precision"].get(p)
                 sd = f" ± {g['sd']:.3f}" if g and g["sd"] is not None else ""
                 cells.append(f"{g['mean']:+.3f}{sd} ({g['seeds']} seed{'s' if g['seeds'] > 1 else ''})" if g else "-")
