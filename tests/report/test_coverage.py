@@ -71,7 +71,16 @@ def test_reported_intervals_cover_within_93_97_and_results_json_holds_the_measur
             for name, got in found.items():
                 if name in REPORTED and int(seeds) >= REPORTED[name]:
                     assert BAND[0] <= got["coverage"] <= BAND[1], (panel["dataset"], panel["protocol"], seeds, name)
-    # every dropped interval was dropped for a reason: outside the band somewhere
-    for name in set(INTERVALS) - set(REPORTED) if measured else ():
+
+
+def test_every_dropped_interval_fell_outside_the_band_in_some_measured_panel():
+    """The choice of intervals is one for the framework: a dropped one was outside 93-97% in some panel of some
+    study (the first study's fits dropped the bootstraps; a later panel where one happens to cover does not bring it
+    back, the reported interval for its estimand stays). The measurements are the committed ones, which the test
+    above checks against a fresh simulation."""
+    measured = [c for s in STUDIES if (s / "results.json").is_file()
+                for c in json.loads((s / "results.json").read_text())["coverage"]]
+    assert measured
+    for name in set(INTERVALS) - set(REPORTED):
         seen = [p["coverage"][s][name]["coverage"] for p in measured for s in p["coverage"] if name in p["coverage"][s]]
         assert seen and any(not BAND[0] <= c <= BAND[1] for c in seen), name
