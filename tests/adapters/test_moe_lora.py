@@ -95,6 +95,7 @@ def test_uniform_gate_trains_exactly_as_one_lora_of_the_same_rank_in_fp32():
     mixed = MoELoRALinear(base, rank=8, num_experts=4, alpha=32.0, dropout=0.1, scaling="expert")
     with torch.no_grad():
         mixed.lora_A.copy_(lora.lora_A)
+    assert lora.dropout_active() and mixed.dropout_active()  # the path whose scale bf16 would round
     gate = UniformGate(in_dim=6, num_experts=4)
     opts = [torch.optim.AdamW([m.lora_A, m.lora_B], lr=1e-2) for m in (lora, mixed)]
     for _ in range(5):
